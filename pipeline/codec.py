@@ -1,0 +1,120 @@
+"""Avro bodies for CallEvent and RatedCdr with fastavro, in single-object encoding.
+
+A message is C3 01, the 8-byte little-endian CRC-64-AVRO fingerprint of the
+writer schema's canonical form, then the Avro body. Every schema version kept in
+`schemas/` (current ones and `schemas/history/`) can be read; records are
+resolved to the current schema. Schemas are parsed once, at import.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from pipeline.core.cdr import RatedCdr
+from pipeline.core.events import FIELD_NAMES, CallEvent
+from pipeline.errors import InvalidEvent, PipelineError
+
+MAGIC = b"\xc3\x01"
+_HEADER = len(MAGIC) + 8
+
+
+def schema_dir() -> Path:
+    override = os.environ.get("CDR_SCHEMA_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas"
+
+
+@dataclass(frozen=True)
+class AvroType:
+    name: str  # the record name, e.g. CallEvent
+    schema: Any  # parsed current schema
+    fingerprint: bytes
+    writers: dict[bytes, Any]  # fingerprint -> parsed writer schema (all known versions)
+
+
+def _fingerprint(parsed: Any) -> bytes:
+    hex_digest = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+    return bytes.fromhex(hex_digest)
+
+
+def _load(name: str) -> AvroType:
+    base = schema_dir()
+    current_path = base / f"{name}.avsc"
+    try:
+        current = fastavro.parse_schema(json.loads(current_path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{current_path}: cannot load Avro schema: {exc}") from exc
+    writers = {_fingerprint(current): current}
+    for older in sorted((base / "history").glob(f"{name}.*.avsc")):
+        parsed = fastavro.parse_schema(json.loads(older.read_text()))
+        writers[_fingerprint(parsed)] = parsed
+    return AvroType(current["name"].rsplit(".", 1)[-1], current, _fingerprint(current), writers)
+
+
+CALL_EVENT = _load("call_event")
+RATED_CDR = _load("rated_cdr")
+
+
+def _encode(kind: AvroType, record: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    buffer.write(kind.fingerprint)
+    fastavro.schemaless_writer(buffer, kind.schema, record)
+    return buffer.getvalue()
+
+
+def _decode(kind: AvroType, data: bytes) -> dict[str, Any]:
+    if len(data) < _HEADER or data[:2] != MAGIC:
+        raise InvalidEvent(f"not an Avro single-object encoded {kind.name} (bad magic bytes)")
+    writer = kind.writers.get(bytes(data[2:_HEADER]))
+    if writer is None:
+        raise InvalidEvent(
+            f"unknown {kind.name} schema fingerprint {bytes(data[2:_HEADER]).hex()} "
+            f"(known: {', '.join(f.hex() for f in kind.writers)})"
+        )
+    buffer = io.BytesIO(data)
+    buffer.seek(_HEADER)
+    try:
+        record = fastavro.schemaless_reader(buffer, writer, kind.schema)
+    except Exception as exc:  # fastavro raises many types on corrupt bodies
+        raise InvalidEvent(f"corrupt Avro {kind.name} body: {exc.__class__.__name__}: {exc}") from None
+    if buffer.tell() != len(data):
+        raise InvalidEvent(f"Avro {kind.name} body has {len(data) - buffer.tell()} trailing bytes")
+    return record  # type: ignore[no-any-return]
+
+
+def encode_event(event: CallEvent) -> bytes:
+    return _encode(CALL_EVENT, event._asdict())
+
+
+def decode_event_dict(data: bytes) -> dict[str, Any]:
+    """Decode the Avro body only; validation is the core's parse_event."""
+    return _decode(CALL_EVENT, data)
+
+
+def encode_event_dict(raw: dict[str, Any]) -> bytes:
+    """Encode a JSON-style event dict (missing optional fields become null)."""
+    record = {name: raw.get(name) for name in FIELD_NAMES}
+    try:
+        return _encode(CALL_EVENT, record)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidEvent(f"cannot encode as CallEvent: {exc}") from None
+
+
+def encode_cdr(cdr: RatedCdr) -> bytes:
+    record = cdr._asdict()
+    record["flags"] = list(cdr.flags)
+    return _encode(RATED_CDR, record)
+
+
+def decode_cdr(data: bytes) -> RatedCdr:
+    record = _decode(RATED_CDR, data)
+    record["flags"] = tuple(record.get("flags") or ())
+    return RatedCdr(**record)
