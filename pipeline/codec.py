@@ -118,3 +118,29 @@ def decode_cdr(data: bytes) -> RatedCdr:
     record = _decode(RATED_CDR, data)
     record["flags"] = tuple(record.get("flags") or ())
     return RatedCdr(**record)
+
+
+# -- watermark ticks ---------------------------------------------------------------
+# A tick is a control record on the call-events topic that advances event time of
+# its partition when no call traffic does (see docs/streaming.md). It is told apart
+# from events by its header; its value is the tick time, epoch ms, as ASCII digits.
+RECORD_HEADER = "cdr-record"
+TICK = b"tick"
+
+
+def encode_tick(ts_ms: int) -> bytes:
+    return str(int(ts_ms)).encode("ascii")
+
+
+def decode_tick(data: bytes) -> int:
+    try:
+        return int(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidEvent(f"tick record value {data[:32]!r} is not epoch milliseconds") from None
+
+
+def is_tick(headers: list[tuple[str, bytes]] | dict[str, bytes] | None) -> bool:
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(k == RECORD_HEADER and v == TICK for k, v in items)

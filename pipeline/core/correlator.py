@@ -47,6 +47,7 @@ class Correlator:
         self._stale_ms = (policy.max_call_duration_s + policy.reorder_grace_s) * 1000
         self._retention_ms = policy.closed_retention_s * 1000
         self._deadlines: list[tuple[int, str]] = []
+        self._position: int | None = None
         self.rebuild_index()
 
     # -- deadlines ---------------------------------------------------------------
@@ -69,20 +70,37 @@ class Correlator:
 
     def _emit(self, state: CallState, status: str, closed_at_ms: int) -> RatedCdr:
         state.version = len(state.seen)
+        state.emitted_at = self._position
         if state.closed_at_ms is None:
             state.closed_at_ms = closed_at_ms
+        return self._rate(state, status)
+
+    def _rate(self, state: CallState, status: str) -> RatedCdr:
         setup, ringing, answer, hangup = state.events
         view = CallView(state.call_id, setup, ringing, answer, hangup, state.last_ts_ms)
         return rate_call(view, status, state.version, self.config)
 
+    def reemit_from(self, position: int) -> list[RatedCdr]:
+        """The last CDR of every call whose last emission came from input at or after
+        `position`, same version: what a driver restarted at `position` may not have
+        delivered. Re-sending them is harmless (same call_id, version and content)."""
+        out = []
+        for call_id in sorted(self.store):
+            state = self.store[call_id]
+            if state.closed and state.emitted_at is not None and state.emitted_at >= position:
+                out.append(self._rate(state, state.status() or "HANGUP_MISSING"))
+        return out
+
     # -- input -------------------------------------------------------------------
 
-    def on_event(self, event: CallEvent) -> list[RatedCdr]:
+    def on_event(self, event: CallEvent, position: int | None = None) -> list[RatedCdr]:
         """Fold in one event; returns the CDRs it completes or corrects (possibly none).
 
-        Raises LateEvent for an event older than the retention behind the watermark
-        of a call that is no longer remembered.
+        `position` is the driver's input position of the event (a Kafka offset),
+        recorded with each emission. Raises LateEvent for an event older than the
+        retention behind the watermark of a call that is no longer remembered.
         """
+        self._position = position
         out: list[RatedCdr] = []
         state = self.store.get(event.call_id)
         if state is None:
@@ -100,12 +118,18 @@ class Correlator:
                 out.append(self._emit(state, "COMPLETE", state.last_ts_ms))
             self.store[event.call_id] = state
             heapq.heappush(self._deadlines, (self._due(state), event.call_id))
+        # Deadlines are checked when event time moves forward. A call whose deadline is
+        # already behind the watermark when its event arrives (an old call, a late
+        # HANGUP) is judged at the next advance, not on arrival: an event replayed
+        # three hours behind the newest one is not stale merely for being replayed.
         if event.ts_ms > self.watermark_ms:
             out.extend(self.advance(event.ts_ms))
         return out
 
-    def advance(self, watermark_ms: int) -> list[RatedCdr]:
+    def advance(self, watermark_ms: int, position: int | None = None) -> list[RatedCdr]:
         """Move event time forward; close calls whose grace or staleness ran out."""
+        if position is not None:
+            self._position = position
         if watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
         out: list[RatedCdr] = []
@@ -131,7 +155,7 @@ class Correlator:
 
     def finish(self) -> list[RatedCdr]:
         """End of a finite input: every grace wait is over; calls not yet stale stay open."""
-        out = []
+        out = self.advance(self.watermark_ms)  # deadlines already due (e.g. after a restore)
         for call_id in sorted(self.store):
             state = self.store[call_id]
             status = state.status()

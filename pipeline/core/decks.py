@@ -70,6 +70,10 @@ class RateDeck:
         self._by_prefix = {p: tuple(g) for p, g in grouped.items()}
         self._lengths = tuple(sorted({len(p) for p in grouped}, reverse=True))
 
+    def prefixes(self) -> tuple[str, ...]:
+        """The distinct prefixes of the deck, sorted (whatever their effective periods)."""
+        return tuple(sorted(self._by_prefix))
+
     def lookup(self, number: str, ts_ms: int) -> DeckRow | None:
         """The row of the longest prefix of `number` effective at `ts_ms`, or None."""
         size = len(number)

@@ -22,6 +22,9 @@ class CallState:
     last_ts_ms: int = 0
     version: int = 0  # the last emitted version; 0 while never emitted
     closed_at_ms: int | None = None  # event time at which the call was first emitted
+    # The driver's input position (e.g. Kafka offset) of the record whose processing
+    # emitted the last version; lets a restarted driver re-send what may be unsent.
+    emitted_at: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -36,7 +39,7 @@ class CallState:
             self.last_ts_ms = event.ts_ms
         slot = SLOTS[event.event_type]
         current = self.events[slot]
-        if current is None or (event.ts_ms, event.event_id) < (current.ts_ms, current.event_id):
+        if current is None or (event.ts_ms,) < (current.ts_ms,):
             self.events[slot] = event
         return True
 
@@ -59,6 +62,7 @@ class CallState:
             "last_ts_ms": self.last_ts_ms,
             "version": self.version,
             "closed_at_ms": self.closed_at_ms,
+            "emitted_at": self.emitted_at,
         }
 
     @classmethod
@@ -70,4 +74,5 @@ class CallState:
             last_ts_ms=data["last_ts_ms"],
             version=data["version"],
             closed_at_ms=data["closed_at_ms"],
+            emitted_at=data.get("emitted_at"),
         )

@@ -1,0 +1,163 @@
+"""Runtime settings (where Kafka and ClickHouse are, how workers run), apart from billing.
+
+They live in the same TOML file as the billing configuration, in the sections
+[kafka], [clickhouse], [worker], [sink] and [dashboard]; every key can be
+overridden by an environment variable CDR_<SECTION>_<KEY> (e.g.
+CDR_KAFKA_BOOTSTRAP). Unknown keys are rejected at load, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+
+class Secret(str):
+    """A string that never shows itself in logs or reprs."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "127.0.0.1:19092"
+    topic_prefix: str = ""
+    partitions: int = 6
+    replication_factor: int = 1
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def call_events(self) -> str:
+        return self.topic("call-events")
+
+    @property
+    def cdrs(self) -> str:
+        return self.topic("cdrs")
+
+    @property
+    def dlq(self) -> str:
+        return self.topic("call-events.dlq")
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    # native://host:port/database (clickhouse-driver) or chdb:///path (embedded chDB).
+    url: str = "native://127.0.0.1:19000/cdr"
+    user: str = "default"
+    password: Secret = field(default_factory=lambda: Secret(""))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    app_id: str = "cdr-correlator"
+    store: str = "memory://"  # rocksdb:// in production (needs rocksdict)
+    data_dir: str = ".stack/worker"
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    tick_interval_s: float = 0.0  # 0 = no wall-clock ticks (see docs/streaming.md)
+    tick_lag_s: float = 30.0
+    commit_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    group: str = "cdr-sink"
+    batch_rows: int = 5000
+    batch_seconds: float = 1.0
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    host: str = "127.0.0.1"
+    port: int = 8050
+    token: Secret = field(default_factory=lambda: Secret(""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    sink: SinkSettings = field(default_factory=SinkSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+
+
+_S = TypeVar("_S")
+
+
+def _coerce(where: str, kind: Any, value: Any) -> Any:
+    if kind in (int, "int"):
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind in (float, "float"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind in ("Secret",):
+        if isinstance(value, str):
+            return Secret(value)
+    elif isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def _section(cls: type[_S], name: str, raw: dict[str, Any], env: dict[str, str]) -> _S:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, spec in known.items():
+        env_key = f"CDR_{name.upper()}_{key.upper()}"
+        if env_key in env:
+            values[key] = _coerce(env_key, spec.type, env[env_key])
+        elif key in raw:
+            values[key] = _coerce(f"{name}.{key}", spec.type, raw[key])
+    return cls(**values)
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Settings from the TOML file (if any) and the environment."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    env = dict(os.environ) if env is None else env
+    parts = {}
+    for f in fields(Settings):
+        section = raw.get(f.name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{f.name}: expected a table")
+        cls = f.default_factory  # type: ignore[misc]
+        parts[f.name] = _section(cls, f.name, section, env)  # type: ignore[arg-type]
+    settings = Settings(**parts)
+    if settings.kafka.partitions < 1:
+        raise ConfigError("kafka.partitions: must be >= 1")
+    return settings
+
+
+def replace(obj: _S, **changes: Any) -> _S:
+    """dataclasses.replace that skips None values (CLI flags not given)."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]

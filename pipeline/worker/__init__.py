@@ -1,0 +1,1 @@
+"""The streaming correlator: a Faust app driving the billing core."""

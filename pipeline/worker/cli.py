@@ -1,0 +1,67 @@
+"""`cdr-pipeline worker`: run the streaming correlator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def ensure_pipeline_topics(settings: Any) -> None:
+    from pipeline.kafka.admin import default_topic_specs, ensure_topics
+
+    kafka = settings.kafka
+    specs = default_topic_specs(kafka.topic_prefix, kafka.partitions, kafka.replication_factor)
+    created = ensure_topics(kafka.bootstrap, specs)
+    if created:
+        log.info("created topics %s", ", ".join(created))
+
+
+def _run(args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from pipeline.core.config import load_config
+    from pipeline.settings import load_settings, replace
+    from pipeline.worker.app import create_app
+    from pipeline.worker.ticks import install_ticker
+
+    config = load_config(args.config)
+    settings = load_settings(args.config)
+    settings = replace(
+        settings,
+        kafka=replace(settings.kafka, bootstrap=args.bootstrap, partitions=args.partitions),
+        worker=replace(settings.worker, store=args.store, app_id=args.app_id,
+                       metrics_port=args.metrics_port, data_dir=args.data_dir),
+    )
+    ensure_pipeline_topics(settings)
+    app = create_app(settings, config)
+    install_ticker(app, settings)
+    if settings.worker.metrics_port:
+        start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
+    log.info("correlator %s on %s, tariff %s", settings.worker.app_id, settings.kafka.bootstrap,
+             config.tariff_version)
+    worker = faust.Worker(app, loglevel=args.faust_loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="run the streaming correlator (Faust): call-events in, rated CDRs out",
+        description="Join each call's events into rated CDRs with the billing core. Several "
+        "workers with the same --app-id share the partitions as one consumer group.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="billing + runtime TOML file")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default from [kafka] or CDR_KAFKA_BOOTSTRAP)")
+    p.add_argument("--partitions", type=int, help="partitions of the pipeline topics")
+    p.add_argument("--store", help="Faust table store: memory:// (default) or rocksdb://")
+    p.add_argument("--app-id", help="Faust app id = consumer group (default cdr-correlator)")
+    p.add_argument("--data-dir", help="Faust data directory (table stores)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--faust-loglevel", default="warning", help="Faust's own log level")
+    p.set_defaults(handler=_run)
