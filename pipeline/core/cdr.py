@@ -18,6 +18,12 @@ DECISION_REASONS = (
 BILLING_MODES = ("NORMAL", "FREE", "ILLEGAL")
 MONEY_FIELDS = ("rate_per_min", "fee", "cost")
 
+# version = distinct events folded in x VERSION_STRIDE (+ re-ratings of that
+# version): the correlator's versions are multiples of the stride, a re-rating
+# writes the stored version + 1, and a later correction from new events
+# (one more event, one more stride) still outranks every re-rating before it.
+VERSION_STRIDE = 1000
+
 
 class RatedCdr(NamedTuple):
     """One version of a call's rated CDR. The newest version of a call is the truth.

@@ -135,7 +135,7 @@ def _by_reason(value: Any) -> Mapping[str, bool]:
 
 
 def _rounding(key: str, value: Any) -> str:
-    if value not in ROUNDING_MODES:
+    if not isinstance(value, str) or value not in ROUNDING_MODES:
         raise ConfigError(f"policy.{key}: must be one of {', '.join(ROUNDING_MODES)}, got {value!r}")
     return str(value)
 
@@ -176,10 +176,11 @@ def parse_policy(raw: Mapping[str, Any]) -> Policy:
     return policy
 
 
-def _table(raw: Any, where: str, known: frozenset[str]) -> dict[str, Any]:
+def _table(raw: Any, where: str, known: frozenset[str] | None = None) -> dict[str, Any]:
+    """`raw` as a table; with `known`, a table of those keys only."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    for key in raw:
+    for key in raw if known is not None else ():
         if key not in known:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
     return raw
@@ -187,7 +188,7 @@ def _table(raw: Any, where: str, known: frozenset[str]) -> dict[str, Any]:
 
 def _rate_tables(raw: Any, base: Path, digest: Any) -> dict[str, RateTable]:
     tables = {}
-    for name, body in sorted(_table(raw, "rate_tables", frozenset(raw or ())).items()):
+    for name, body in sorted(_table(raw, "rate_tables").items()):
         where = f"rate_tables.{name}"
         body = _table(body, where, frozenset({"currency", "deck"}))
         currency = body.get("currency")
@@ -206,7 +207,7 @@ def _rate_tables(raw: Any, base: Path, digest: Any) -> dict[str, RateTable]:
 
 
 def _reference(tables: Mapping[str, RateTable], value: Any, where: str) -> RateTable:
-    if value not in tables:
+    if not isinstance(value, str) or value not in tables:
         raise ConfigError(f"{where}: rate table {value!r} is not defined under [rate_tables]")
     return tables[value]
 
@@ -216,18 +217,18 @@ def build_config(raw: Mapping[str, Any], base: Path, source: str = "<memory>") -
     for section in raw:
         if section not in _BILLING_SECTIONS | RUNTIME_SECTIONS:
             raise ConfigError(f"{section}: unknown section")
-    policy_raw = _table(raw.get("policy", {}), "policy", frozenset(raw.get("policy", {})))
+    policy_raw = _table(raw.get("policy", {}), "policy")
     policy = parse_policy(policy_raw)
     digest = hashlib.sha256(repr(sorted(policy_raw.items())).encode())
     tables = _rate_tables(raw.get("rate_tables", {}), base, digest)
     accounts = {}
-    for account, body in _table(raw.get("accounts", {}), "accounts", frozenset(raw.get("accounts", {}))).items():
+    for account, body in _table(raw.get("accounts", {}), "accounts").items():
         where = f"accounts.{account}"
         body = _table(body, where, frozenset({"rate_table"}))
         accounts[account] = _reference(tables, body.get("rate_table"), f"{where}.rate_table")
         digest.update(f"a\0{account}\0{accounts[account].name}\0".encode())
     gateways = {}
-    for name, body in _table(raw.get("gateways", {}), "gateways", frozenset(raw.get("gateways", {}))).items():
+    for name, body in _table(raw.get("gateways", {}), "gateways").items():
         where = f"gateways.{name}"
         body = _table(body, where, frozenset({"route_prefix", "rate_table"}))
         prefix = body.get("route_prefix")
@@ -257,6 +258,8 @@ def load_config(path: str | Path) -> BillingConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -6,7 +6,7 @@ out or are corrected. State lives in any MutableMapping (a dict offline, a Faust
 table in the worker); the deadline index is derived from it and rebuilt on demand.
 
 Versions: a CDR's version is the number of distinct events of its call folded in
-when it was emitted. Any new distinct event for a call already emitted re-emits
+when it was emitted, times VERSION_STRIDE (room for re-ratings in between). Any new distinct event for a call already emitted re-emits
 it, so the newest version of a call is the same whatever the arrival order or the
 moment timeouts fired (docs/billing-decisions.md).
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, MutableMapping
 
-from pipeline.core.cdr import RatedCdr
+from pipeline.core.cdr import VERSION_STRIDE, RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.events import CallEvent
 from pipeline.core.rating import CallView, rate_call
@@ -69,7 +69,7 @@ class Correlator:
     # -- emission ----------------------------------------------------------------
 
     def _emit(self, state: CallState, status: str, closed_at_ms: int) -> RatedCdr:
-        state.version = len(state.seen)
+        state.version = len(state.seen) * VERSION_STRIDE
         state.emitted_at = self._position
         if state.closed_at_ms is None:
             state.closed_at_ms = closed_at_ms

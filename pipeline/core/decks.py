@@ -155,14 +155,19 @@ def load_deck(path: Path) -> RateDeck:
         raise ConfigError(f"{path}: cannot read rate deck: {exc.strerror}") from None
     with handle:
         reader = csv.DictReader(handle)
-        header = tuple(name.strip() for name in (reader.fieldnames or ()))
-        if header != DECK_COLUMNS:
-            raise ConfigError(f"{path}:1: header must be {','.join(DECK_COLUMNS)}, got {','.join(header)}")
-        reader.fieldnames = list(DECK_COLUMNS)
-        rows = []
-        for record in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in record or any(record[c] is None for c in DECK_COLUMNS):
-                raise ConfigError(f"{where}: expected {len(DECK_COLUMNS)} columns")
-            rows.append(_row(record, where, reader.line_num))
+        try:
+            header = tuple(name.strip() for name in (reader.fieldnames or ()))
+            if header != DECK_COLUMNS:
+                raise ConfigError(f"{path}:1: header must be {','.join(DECK_COLUMNS)}, got {','.join(header)}")
+            reader.fieldnames = list(DECK_COLUMNS)
+            rows = []
+            for record in reader:
+                where = f"{path}:{reader.line_num}"
+                if None in record or any(record[c] is None for c in DECK_COLUMNS):
+                    raise ConfigError(f"{where}: expected {len(DECK_COLUMNS)} columns")
+                rows.append(_row(record, where, reader.line_num))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: not valid CSV after line {reader.line_num}: {exc}") from None
     return RateDeck(rows, str(path))

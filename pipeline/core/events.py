@@ -110,7 +110,7 @@ def _check_value(name: str, value: Any) -> Any:
         if type(value) is not str or not value:
             raise InvalidEvent(f"field '{name}' must be a non-empty string, got {value!r}", name)
     elif name in _ENUMS:
-        if value not in _ENUMS[name]:
+        if type(value) is not str or value not in _ENUMS[name]:
             allowed = ", ".join(sorted(_ENUMS[name]))
             raise InvalidEvent(f"field '{name}' is {value!r}, not one of {allowed}", name)
     elif name == "answered":
@@ -132,7 +132,7 @@ def parse_event(raw: Mapping[str, Any]) -> CallEvent:
     if not isinstance(raw, Mapping):
         raise InvalidEvent(f"an event must be an object, got {type(raw).__name__}")
     event_type = raw.get("event_type")
-    if event_type not in _TYPE_FIELDS:
+    if type(event_type) is not str or event_type not in _TYPE_FIELDS:
         raise InvalidEvent(
             f"field 'event_type' is {event_type!r}, not one of {', '.join(EVENT_TYPES)}",
             "event_type",

@@ -39,7 +39,7 @@ class CallState:
             self.last_ts_ms = event.ts_ms
         slot = SLOTS[event.event_type]
         current = self.events[slot]
-        if current is None or (event.ts_ms,) < (current.ts_ms,):
+        if current is None or (event.ts_ms, event.event_id) < (current.ts_ms, current.event_id):
             self.events[slot] = event
         return True
 

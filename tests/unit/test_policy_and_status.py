@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.cdr import RatedCdr
+from pipeline.core.cdr import VERSION_STRIDE, RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator, LateEvent
 from pipeline.core.events import CallEvent
@@ -34,7 +34,7 @@ def test_complete_answered_call_is_recorded(cfg: BillingConfig) -> None:
     cdr = final(cfg, call())
     assert (cdr.status, cdr.record_decision, cdr.decision_reason) == ("COMPLETE", "RECORDED", None)
     assert (cdr.hold_s, cdr.billable_s, cdr.fee, cdr.cost) == (61, 120, Decimal("0.12"), Decimal("0.03"))
-    assert cdr.pdd_ms == 500 and cdr.version == 4
+    assert cdr.pdd_ms == 500 and cdr.version == 4 * VERSION_STRIDE
 
 
 def test_rule1_no_cdr_number_wins_over_everything(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_answer_missing_waits_for_grace_then_corrects(cfg: BillingConfig) -> Non
     out = correlator.advance(events[-1].ts_ms + 10_000)
     assert [c.status for c in out] == ["ANSWER_MISSING"]
     corrected = correlator.on_event(answer)
-    assert [(c.status, c.version) for c in corrected] == [("COMPLETE", 4)]
+    assert [(c.status, c.version) for c in corrected] == [("COMPLETE", 4 * VERSION_STRIDE)]
     assert corrected[0].fee == Decimal("0.12")
 
 
@@ -172,7 +172,7 @@ def test_duplicates_change_nothing_and_earliest_wins(cfg: BillingConfig) -> None
     late_hangup = events[-1]._replace(event_id="c1-H2", ts_ms=events[-1].ts_ms + 5_000, hangup_source="CALLEE")
     correlator = Correlator(cfg)
     out = [c for e in events + events + [late_hangup] for c in correlator.on_event(e)]
-    assert [c.version for c in out] == [4, 5]
+    assert [c.version for c in out] == [4 * VERSION_STRIDE, 5 * VERSION_STRIDE]
     assert out[-1].hangup_source == "CALLER" and out[-1].hold_ms == out[0].hold_ms
 
 
