@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# Local Apache Kafka (KRaft) without Docker: jars from Maven Central, one JVM per node.
+#
+#   deploy/local/kafka.sh up|down|status|reset [--cluster]
+#   deploy/local/kafka.sh stop-node N --cluster | start-node N --cluster
+#   deploy/local/kafka.sh fetch          # only fetch the jars
+#
+# single (default): one combined broker+controller node
+#     bootstrap 127.0.0.1:19092, controller 127.0.0.1:19093, state in .stack/kafka/single/
+# --cluster:        three combined broker+controller nodes, quorum of three
+#     bootstrap 127.0.0.1:29092,127.0.0.1:29192,127.0.0.1:29292
+#     controllers   127.0.0.1:29093,127.0.0.1:29193,127.0.0.1:29293
+#     state in .stack/kafka/cluster/nodeN/
+#
+# Environment (all optional):
+#   KAFKA_HEAP_OPTS       JVM heap per node            (default: -Xms128m -Xmx512m)
+#   KAFKA_JVM_OPTS        extra JVM options per node
+#   KAFKA_START_TIMEOUT   seconds to wait for health   (default: 180)
+#   KAFKA_STOP_TIMEOUT    seconds between SIGTERM and SIGKILL (default: 60)
+#   KAFKA_PYTHON          python with confluent_kafka for the health check
+#                         (default: <repo>/.venv/bin/python; without it: port + log check)
+#   MVN                   maven command and options    (default: mvn)
+#
+# Exit codes: 0 ok; 1 failure (message on stderr); 2 usage; status: 3 if a node is stopped.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+ROOT="$(cd -- "$SCRIPT_DIR/../.." && pwd -P)"
+POM="$SCRIPT_DIR/kafka/pom.xml"
+STACK="$ROOT/.stack/kafka"
+LIBS="$STACK/libs"
+STAMP="$LIBS/.pom.sha256"
+
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+JVM_OPTS="${KAFKA_JVM_OPTS:-}"
+START_TIMEOUT="${KAFKA_START_TIMEOUT:-180}"
+STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-60}"
+PYTHON="${KAFKA_PYTHON:-$ROOT/.venv/bin/python}"
+MVN="${MVN:-mvn}"
+HOST=127.0.0.1
+
+log() { printf 'kafka.sh: %s\n' "$*"; }
+die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# ---------------------------------------------------------------- arguments
+CLUSTER=0
+ARGS=()
+for a in "$@"; do
+    case "$a" in
+        --cluster) CLUSTER=1 ;;
+        -h|--help) usage ;;
+        *) ARGS+=("$a") ;;
+    esac
+done
+[ "${#ARGS[@]}" -ge 1 ] || usage
+CMD="${ARGS[0]}"
+
+if [ "$CLUSTER" = 1 ]; then
+    MODE=cluster
+    NODES=(1 2 3)
+else
+    MODE=single
+    NODES=(1)
+fi
+MODE_DIR="$STACK/$MODE"
+
+# ---------------------------------------------------------------- per-node layout
+node_dir() { if [ "$MODE" = cluster ]; then echo "$MODE_DIR/node$1"; else echo "$MODE_DIR"; fi; }
+broker_port() { if [ "$MODE" = cluster ]; then echo $((29092 + 100 * ($1 - 1))); else echo 19092; fi; }
+controller_port() { if [ "$MODE" = cluster ]; then echo $((29093 + 100 * ($1 - 1))); else echo 19093; fi; }
+pid_file() { echo "$(node_dir "$1")/kafka.pid"; }
+
+voters() {
+    local n out=""
+    for n in "${NODES[@]}"; do out="${out:+$out,}$n@$HOST:$(controller_port "$n")"; done
+    echo "$out"
+}
+
+bootstrap() {
+    local n out=""
+    for n in "${NODES[@]}"; do out="${out:+$out,}$HOST:$(broker_port "$n")"; done
+    echo "$out"
+}
+
+# pid of the node's JVM if it is running (checks the command line, not only the pid)
+node_pid() {
+    local f pid
+    f="$(pid_file "$1")"
+    [ -f "$f" ] || return 1
+    pid="$(cat "$f" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$(node_dir "$1")/server.properties" || return 1
+    echo "$pid"
+}
+
+# ---------------------------------------------------------------- jars
+fetch_jars() {
+    command -v java >/dev/null || die "java not found (Kafka 4.x needs Java 17+)"
+    local want have=""
+    want="$(sha256sum "$POM" | cut -d' ' -f1)"
+    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+    if [ "$want" = "$have" ] && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+        return 0
+    fi
+    command -v "${MVN%% *}" >/dev/null || die "maven ($MVN) not found; needed once to fetch the Kafka jars"
+    log "fetching Kafka jars from Maven Central into ${LIBS#"$ROOT"/} ..."
+    local tmp="$STACK/libs.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$STACK"
+    # shellcheck disable=SC2086
+    if ! $MVN -q -B -f "$POM" dependency:copy-dependencies \
+            -DincludeScope=runtime -DoutputDirectory="$tmp" >"$STACK/fetch.log" 2>&1; then
+        rm -rf "$tmp"
+        die "jar fetch failed, see $STACK/fetch.log"
+    fi
+    compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "no kafka jar fetched, see $STACK/fetch.log"; }
+    echo "$want" >"$tmp/.pom.sha256"
+    rm -rf "$LIBS"
+    mv "$tmp" "$LIBS"
+    log "jars ready ($(find "$LIBS" -name '*.jar' | wc -l) jars)"
+}
+
+# ---------------------------------------------------------------- config
+write_config() {
+    local n="$1" dir rf minisr
+    dir="$(node_dir "$n")"
+    mkdir -p "$dir/data" "$dir/logs"
+    if [ "$MODE" = cluster ]; then rf=3; minisr=2; else rf=1; minisr=1; fi
+    cat >"$dir/server.properties.tmp" <<EOF
+# generated by deploy/local/kafka.sh ($MODE node $n); edits are overwritten on every start
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$(voters)
+listeners=PLAINTEXT://$HOST:$(broker_port "$n"),CONTROLLER://$HOST:$(controller_port "$n")
+advertised.listeners=PLAINTEXT://$HOST:$(broker_port "$n")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=$dir/data
+
+# topics are created on purpose (pipeline.kafka.admin.ensure_topics), never by accident
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$minisr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$minisr
+transaction.state.log.num.partitions=10
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$minisr
+group.initial.rebalance.delay.ms=0
+
+# a 2-core machine
+num.network.threads=2
+num.io.threads=2
+num.replica.fetchers=1
+background.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+EOF
+    mv "$dir/server.properties.tmp" "$dir/server.properties"
+
+    cat >"$dir/log4j2.properties" <<'EOF'
+# generated by deploy/local/kafka.sh
+name = kafka-local
+status = warn
+appender.file.type = RollingFile
+appender.file.name = FILE
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.filePattern = ${sys:kafka.logs.dir}/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 5
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+appender.out.filter.threshold.type = ThresholdFilter
+appender.out.filter.threshold.level = error
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = FILE
+rootLogger.appenderRef.out.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = warn
+EOF
+}
+
+cluster_id() {
+    local f="$MODE_DIR/cluster.id" id
+    if [ ! -s "$f" ]; then
+        mkdir -p "$MODE_DIR"
+        # a Kafka Uuid: 16 random bytes, base64url without padding; Kafka avoids a leading '-'
+        while :; do
+            id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+            [ "${id:0:1}" != "-" ] && break
+        done
+        echo "$id" >"$f"
+    fi
+    cat "$f"
+}
+
+format_node() {
+    local n="$1" dir cid
+    dir="$(node_dir "$n")"
+    [ -f "$dir/data/meta.properties" ] && return 0
+    cid="$(cluster_id)"
+    log "formatting $MODE node $n storage (cluster id $cid)"
+    # shellcheck disable=SC2086
+    # a short-lived JVM: C1 only and the serial GC halve its run time
+    if ! java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
+            -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+            kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" --ignore-formatted \
+            >"$dir/logs/format.log" 2>&1 9>&-; then
+        die "formatting $dir/data failed, see $dir/logs/format.log"
+    fi
+}
+
+# ---------------------------------------------------------------- start / stop
+# write the configs and format the storage of nodes, the formatting JVMs in parallel
+prepare_nodes() {
+    local n jobs=() j rc=0
+    for n in "$@"; do write_config "$n"; done
+    cluster_id >/dev/null
+    for n in "$@"; do
+        format_node "$n" &
+        jobs+=("$!")
+    done
+    for j in "${jobs[@]}"; do wait "$j" || rc=1; done
+    [ "$rc" = 0 ] || exit 1
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+start_jvm() {
+    local n="$1" dir port
+    dir="$(node_dir "$n")"
+    for port in "$(broker_port "$n")" "$(controller_port "$n")"; do
+        port_in_use "$port" && die "$MODE node $n: port $HOST:$port is already in use by another process"
+    done
+    : >"$dir/logs/kafka.out"
+    # setsid: own session, so a Ctrl-C in the terminal (or a test runner) that ran us does not
+    # reach the broker; the subshell writes its own pid and then becomes the JVM (exec).
+    # shellcheck disable=SC2086
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$(pid_file "$n")" \
+        java $HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+        $JVM_OPTS -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
+        </dev/null >>"$dir/logs/kafka.out" 2>&1 9>&- &
+    local deadline=$((SECONDS + 10))
+    until node_pid "$n" >/dev/null; do
+        [ $SECONDS -lt $deadline ] || die "$MODE node $n did not start, see $dir/logs/kafka.out"
+        sleep 0.1
+    done
+}
+
+health_py() {
+    # args: bootstrap expected_ids(csv) pids(csv) timeout; exit 0 healthy, 2 a JVM died, 1 timeout
+    "$PYTHON" - "$@" <<'PY'
+import os, socket, sys, time
+from confluent_kafka.admin import AdminClient
+
+bootstrap, ids, pids, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+want = {int(i) for i in ids.split(",")}
+pids = [int(p) for p in pids.split(",") if p]
+addrs = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in bootstrap.split(","))]
+deadline = time.monotonic() + timeout
+admin = None
+last = "no broker port accepts connections yet"
+
+def alive() -> bool:
+    for p in pids:
+        try:
+            os.kill(p, 0)
+        except ProcessLookupError:
+            print(f"JVM pid {p} exited", file=sys.stderr)
+            return False
+    return True
+
+while time.monotonic() < deadline:
+    if not alive():
+        sys.exit(2)
+    if admin is None:
+        for a in addrs:
+            try:
+                socket.create_connection(a, timeout=1).close()
+            except OSError:
+                continue
+            admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
+                                 "reconnect.backoff.max.ms": 500})
+            break
+    if admin is not None:
+        try:
+            md = admin.list_topics(timeout=min(3.0, max(0.5, deadline - time.monotonic())))
+            seen = set(md.brokers)
+            if want <= seen:
+                sys.exit(0)
+            last = f"brokers in metadata {sorted(seen)}, waiting for {sorted(want)}"
+        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+            last = str(e)
+    time.sleep(0.25)
+print(last, file=sys.stderr)
+sys.exit(1)
+PY
+}
+
+health_fallback() {
+    # no python with confluent_kafka: the broker port accepts and the log says the server started
+    local ids="$1" pids="$2" timeout="$3" deadline n p ok
+    deadline=$((SECONDS + ${timeout%.*}))
+    while [ $SECONDS -lt "$deadline" ]; do
+        for p in ${pids//,/ }; do kill -0 "$p" 2>/dev/null || return 2; done
+        ok=1
+        for n in ${ids//,/ }; do
+            if ! port_in_use "$(broker_port "$n")" \
+                || ! grep -q "Kafka Server started" "$(node_dir "$n")/logs/server.log" 2>/dev/null; then
+                ok=0
+            fi
+        done
+        [ "$ok" = 1 ] && return 0
+        sleep 0.25
+    done
+    return 1
+}
+
+# wait until every node in $1 (csv ids) is registered and unfenced in the cluster metadata
+wait_healthy() {
+    local ids="$1" pids="" n p rc=0 bs logs=""
+    for n in ${ids//,/ }; do
+        p="$(node_pid "$n" || true)"
+        pids="${pids:+$pids,}$p"
+        logs="$logs $(node_dir "$n")/logs/server.log"
+    done
+    bs="$(bootstrap)"
+    if [ -x "$PYTHON" ] && "$PYTHON" -c 'import confluent_kafka' 2>/dev/null; then
+        health_py "$bs" "$ids" "$pids" "$START_TIMEOUT" || rc=$?
+    else
+        health_fallback "$ids" "$pids" "$START_TIMEOUT" || rc=$?
+    fi
+    case "$rc" in
+        0) return 0 ;;
+        2) die "a $MODE node exited during start-up, see$logs (and kafka.out next to them)" ;;
+        *) die "$MODE node(s) $ids not healthy after ${START_TIMEOUT}s, see$logs" ;;
+    esac
+}
+
+stop_nodes() {
+    # SIGTERM every node at once (a combined node waits for the quorum when it shuts down,
+    # so stopping them one after the other is slower), then SIGKILL what is left after the timeout
+    local n pid pids=() deadline
+    for n in "$@"; do
+        if pid="$(node_pid "$n")"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$n:$pid")
+        else
+            rm -f "$(pid_file "$n")"
+        fi
+    done
+    [ "${#pids[@]}" -gt 0 ] || { log "$MODE: nothing running"; return 0; }
+    deadline=$((SECONDS + STOP_TIMEOUT))
+    local np left
+    while :; do
+        left=()
+        for np in "${pids[@]}"; do kill -0 "${np#*:}" 2>/dev/null && left+=("$np"); done
+        [ "${#left[@]}" -gt 0 ] || break
+        if [ $SECONDS -ge $deadline ]; then
+            for np in "${left[@]}"; do
+                log "$MODE node ${np%%:*} still running after ${STOP_TIMEOUT}s, SIGKILL"
+                kill -KILL "${np#*:}" 2>/dev/null || true
+            done
+            sleep 0.5
+            break
+        fi
+        sleep 0.2
+    done
+    for np in "${pids[@]}"; do
+        rm -f "$(pid_file "${np%%:*}")"
+        log "$MODE node ${np%%:*} stopped"
+    done
+}
+
+# ---------------------------------------------------------------- commands
+cmd_up() {
+    local n started=() t0=$SECONDS
+    fetch_jars
+    for n in "${NODES[@]}"; do
+        node_pid "$n" >/dev/null || started+=("$n")
+    done
+    if [ "${#started[@]}" -eq 0 ]; then
+        log "$MODE already running, bootstrap $(bootstrap)"
+        return 0
+    fi
+    prepare_nodes "${started[@]}"
+    for n in "${started[@]}"; do start_jvm "$n"; done
+    local ids
+    ids="$(IFS=,; echo "${NODES[*]}")"
+    wait_healthy "$ids"
+    log "$MODE up in $((SECONDS - t0))s, bootstrap $(bootstrap)"
+}
+
+cmd_status() {
+    local n pid rc=0
+    for n in "${NODES[@]}"; do
+        if pid="$(node_pid "$n")"; then
+            printf '%s node %s: running  pid %s  broker %s:%s  controller %s:%s\n' \
+                "$MODE" "$n" "$pid" "$HOST" "$(broker_port "$n")" "$HOST" "$(controller_port "$n")"
+        else
+            printf '%s node %s: stopped  broker %s:%s  controller %s:%s\n' \
+                "$MODE" "$n" "$HOST" "$(broker_port "$n")" "$HOST" "$(controller_port "$n")"
+            rc=3
+        fi
+    done
+    echo "bootstrap: $(bootstrap)   state: ${MODE_DIR#"$ROOT"/}"
+    return $rc
+}
+
+cmd_reset() {
+    stop_nodes "${NODES[@]}"
+    rm -rf "$MODE_DIR"
+    log "$MODE data, logs and cluster id deleted (${MODE_DIR#"$ROOT"/}); jars kept"
+}
+
+node_arg() {
+    [ "$MODE" = cluster ] || die "$CMD needs --cluster"
+    [ "${#ARGS[@]}" -eq 2 ] && [[ "${ARGS[1]}" =~ ^[123]$ ]] || die "usage: kafka.sh $CMD 1|2|3 --cluster"
+    echo "${ARGS[1]}"
+}
+
+# one operation at a time per stack (parallel test runners, two terminals)
+mkdir -p "$STACK"
+exec 9>"$STACK/.lock"
+flock 9
+
+case "$CMD" in
+    up) cmd_up ;;
+    down) stop_nodes "${NODES[@]}" ;;
+    status) cmd_status ;;
+    reset) cmd_reset ;;
+    fetch) fetch_jars; log "jars in ${LIBS#"$ROOT"/}" ;;
+    stop-node)
+        n="$(node_arg)"
+        stop_nodes "$n" ;;
+    start-node)
+        n="$(node_arg)"
+        fetch_jars
+        if node_pid "$n" >/dev/null; then
+            log "cluster node $n already running"
+        else
+            t0=$SECONDS
+            prepare_nodes "$n"
+            start_jvm "$n"
+            wait_healthy "$n"
+            log "cluster node $n up in $((SECONDS - t0))s, broker $HOST:$(broker_port "$n")"
+        fi ;;
+    *) usage ;;
+esac
