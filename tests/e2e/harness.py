@@ -1,0 +1,114 @@
+"""Run the real pipeline processes (worker, sink) against the local stack for e2e tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.cdr import RatedCdr
+from pipeline.core.config import BillingConfig, load_config
+from pipeline.core.summary import newest_versions
+from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
+from pipeline.offline import rate_lines
+from pipeline.storage.cdr_store import fetch_newest
+from pipeline.storage.migrate import migrate
+from pipeline.switch.simulator import FaultMix, SimStats, generate, jsonl_line
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
+PARTITIONS = 3
+
+
+@dataclass
+class Pipeline:
+    """One isolated pipeline: its own topics, consumer groups and ClickHouse database."""
+
+    bootstrap: str
+    backend: Any
+    workdir: Path
+    name: str = field(default_factory=lambda: f"e2e{uuid.uuid4().hex[:8]}")
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.name}-"
+
+    @property
+    def database(self) -> str:
+        return self.name
+
+    def setup(self) -> None:
+        ensure_topics(self.bootstrap, default_topic_specs(self.prefix, PARTITIONS, 1))
+        migrate(self.backend, self.database)
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        delete_topics(self.bootstrap, [s.name for s in default_topic_specs(self.prefix, PARTITIONS, 1)])
+        self.backend.execute(f"DROP DATABASE IF EXISTS {self.database}")
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=self.prefix, CDR_KAFKA_BOOTSTRAP=self.bootstrap,
+                   CDR_KAFKA_PARTITIONS=str(PARTITIONS))
+        log = (self.workdir / f"{name}-{len(self.procs)}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", f"{self.prefix}corr",
+                                      "--data-dir", str(self.workdir / "faust")])
+
+    def start_sink(self) -> subprocess.Popen[bytes]:
+        url = f"native://{self.backend.host}:{self.backend.port}/{self.database}"
+        return self._spawn("sink", ["sink", "--config", str(CONFIG), "--group", f"{self.prefix}sink",
+                                    "--clickhouse", url, "--topic", f"{self.prefix}cdrs",
+                                    "--batch-rows", "500", "--batch-seconds", "0.5"])
+
+    def stored_versions(self) -> dict[str, int]:
+        rows = self.backend.execute(
+            f"SELECT call_id, max(version) FROM {self.database}.cdr GROUP BY call_id")
+        return {str(c): int(v) for c, v in rows}
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            for proc in self.procs:
+                if proc.poll() not in (None, -signal.SIGKILL, -signal.SIGTERM, 0):
+                    raise AssertionError(f"{proc.args} died with {proc.returncode}; logs in {self.workdir}")
+            time.sleep(0.5)  # polling ClickHouse for a condition, bounded by the deadline
+        raise AssertionError(f"timed out waiting for {what}; logs in {self.workdir}")
+
+    def newest_cdrs(self) -> dict[str, RatedCdr]:
+        out = {}
+        for row in fetch_newest(self.backend, self.database):
+            row["flags"] = tuple(row["flags"])
+            out[row["call_id"]] = RatedCdr(**{k: row[k] for k in RatedCdr._fields})
+        return out
+
+
+def traffic(calls: int, seed: int, faults: FaultMix | None = None) -> tuple[list[Any], BillingConfig, SimStats]:
+    config = load_config(CONFIG)
+    stats = SimStats()
+    items = list(generate(config, calls=calls, switches=4, rate_cps=40.0, seed=seed,
+                          start_ms=1_764_000_000_000, faults=faults or FaultMix(), stats=stats))
+    return items, config, stats
+
+
+def offline_final(items: list[Any], config: BillingConfig) -> dict[str, RatedCdr]:
+    lines = io.StringIO("".join(jsonl_line(i) for i in items))
+    return newest_versions(rate_lines(lines, config))

@@ -1,0 +1,87 @@
+"""The whole pipeline: simulator -> Kafka -> Faust worker -> Kafka -> sink -> ClickHouse.
+
+After each run the newest CDR of every call in ClickHouse equals, field for field
+(version included), what `rate-file` computes from the same events: nothing
+missing, nothing extra. Crashes (SIGKILL) of the worker or the sink mid-stream,
+and two workers sharing the partitions, change nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from pipeline.switch.publisher import SwitchPublisher
+from pipeline.switch.simulator import FaultMix, publish
+from tests.e2e.harness import Pipeline, offline_final, traffic
+
+pytestmark = pytest.mark.e2e
+
+FAULTS = FaultMix.parse("dup=0.03,reorder=0.05,missing_answer=0.02,missing_setup=0.02,missing_hangup=0.02,second_hangup=0.02")
+
+
+def _publish(pipeline: Pipeline, items: list[Any], pace: float | None = None) -> None:
+    with SwitchPublisher(pipeline.bootstrap, f"{pipeline.prefix}call-events") as publisher:
+        publish(items, publisher, pace=pace)
+
+
+def _assert_equal(pipeline: Pipeline, expected: dict[str, Any]) -> None:
+    want = {c: v.version for c, v in expected.items()}
+    pipeline.wait_for(lambda: pipeline.stored_versions() == want, 240, "every call's newest CDR")
+    got = pipeline.newest_cdrs()
+    assert set(got) == set(expected)
+    mismatched = [c for c in expected if got[c] != expected[c]]
+    assert not mismatched, (mismatched[:3], [got[c] for c in mismatched[:1]], [expected[c] for c in mismatched[:1]])
+
+
+def test_stream_equals_offline(pipeline: Pipeline) -> None:
+    items, config, stats = traffic(2500, seed=11, faults=FAULTS)
+    assert all(stats.faults[k] > 0 for k in ("dup", "reorder", "missing_answer", "missing_setup",
+                                               "missing_hangup", "second_hangup"))
+    expected = offline_final(items, config)
+    pipeline.start_worker()
+    pipeline.start_sink()
+    _publish(pipeline, items)
+    _assert_equal(pipeline, expected)
+
+
+def test_worker_killed_and_restarted_mid_stream(pipeline: Pipeline) -> None:
+    items, config, _ = traffic(2500, seed=12, faults=FAULTS)
+    expected = offline_final(items, config)
+    worker = pipeline.start_worker()
+    pipeline.start_sink()
+    half = len(items) // 2
+    _publish(pipeline, items[:half])
+    pipeline.wait_for(lambda: len(pipeline.stored_versions()) > 200, 180, "the first CDRs")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    _publish(pipeline, items[half:])
+    pipeline.start_worker()
+    _assert_equal(pipeline, expected)
+
+
+def test_sink_killed_and_restarted_mid_stream(pipeline: Pipeline) -> None:
+    items, config, _ = traffic(2500, seed=13, faults=FAULTS)
+    expected = offline_final(items, config)
+    pipeline.start_worker()
+    sink = pipeline.start_sink()
+    half = len(items) // 2
+    _publish(pipeline, items[:half])
+    pipeline.wait_for(lambda: len(pipeline.stored_versions()) > 200, 180, "the first CDRs")
+    sink.send_signal(signal.SIGKILL)
+    sink.wait(30)
+    _publish(pipeline, items[half:])
+    pipeline.start_sink()
+    _assert_equal(pipeline, expected)
+
+
+def test_two_workers_in_one_group(pipeline: Pipeline) -> None:
+    items, config, _ = traffic(2500, seed=14, faults=FAULTS)
+    expected = offline_final(items, config)
+    pipeline.start_worker()
+    pipeline.start_worker()
+    pipeline.start_sink()
+    _publish(pipeline, items)
+    _assert_equal(pipeline, expected)
