@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -140,7 +140,7 @@ def _rounding(key: str, value: Any) -> str:
     return str(value)
 
 
-_POLICY_PARSERS = {
+_POLICY_PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "record_server_hangup": _bool,
     "record_server_hangup_by_reason": lambda key, v: _by_reason(v),
     "record_zero_hold_time": _bool,
@@ -180,9 +180,10 @@ def _table(raw: Any, where: str, known: frozenset[str] | None = None) -> dict[st
     """`raw` as a table; with `known`, a table of those keys only."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    for key in raw if known is not None else ():
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    if known is not None:
+        for key in raw:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
     return raw
 
 

@@ -158,7 +158,9 @@ def load_deck(path: Path) -> RateDeck:
         try:
             header = tuple(name.strip() for name in (reader.fieldnames or ()))
             if header != DECK_COLUMNS:
-                raise ConfigError(f"{path}:1: header must be {','.join(DECK_COLUMNS)}, got {','.join(header)}")
+                raise ConfigError(
+                    f"{path}:1: header must be {','.join(DECK_COLUMNS)}, got {','.join(header)}"
+                )
             reader.fieldnames = list(DECK_COLUMNS)
             rows = []
             for record in reader:
@@ -169,5 +171,6 @@ def load_deck(path: Path) -> RateDeck:
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         except csv.Error as exc:
-            raise ConfigError(f"{path}: not valid CSV after line {reader.line_num}: {exc}") from None
+            where = f"{path}: not valid CSV after line {reader.line_num}"
+            raise ConfigError(f"{where}: {exc}") from None
     return RateDeck(rows, str(path))
