@@ -18,9 +18,11 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _rate_file(args: argparse.Namespace) -> int:
     from pipeline.core.config import load_config
+    from pipeline.gctune import tune_gc
     from pipeline.offline import format_summary, rate_paths
 
     config = load_config(args.config)
+    tune_gc()
     if not args.events.is_file():
         raise PipelineError(f"--events: file {args.events} does not exist")
     result = rate_paths(config, args.events, args.out, args.rejects)

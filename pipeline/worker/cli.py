@@ -25,11 +25,13 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from pipeline.core.config import load_config
+    from pipeline.gctune import tune_gc
     from pipeline.settings import load_settings, replace
     from pipeline.worker.app import create_app
     from pipeline.worker.ticks import install_ticker
 
     config = load_config(args.config)
+    tune_gc()
     settings = load_settings(args.config)
     settings = replace(
         settings,

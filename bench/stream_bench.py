@@ -1,0 +1,300 @@
+"""Streaming benchmark on the real broker and ClickHouse server (not a test).
+
+    .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
+
+Prints, in one run:
+  1. the correlator: events/s through one Faust worker, beside the bare chain
+     (confluent-kafka batch consume + fastavro decode + billing core + encode +
+     produce, no Faust) on the same events;
+  2. the sink: CDR rows/s through `cdr-pipeline sink`, beside the bare chain
+     (consume + decode + clickhouse-driver columnar insert) on the same CDRs;
+  3. latency from HANGUP published to CDR queryable in ClickHouse (p50, p99) at a
+     steady event rate, with worker and sink running.
+Needs the local stack (deploy/local/stack.sh up). Topics and databases it
+creates are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import codec  # noqa: E402
+from pipeline.core.config import load_config  # noqa: E402
+from pipeline.core.correlator import Correlator  # noqa: E402
+from pipeline.core.events import parse_event  # noqa: E402
+from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics  # noqa: E402
+from pipeline.sink.url import open_backend  # noqa: E402
+from pipeline.storage.cdr_store import dedup_token_for, insert_cdrs  # noqa: E402
+from pipeline.storage.migrate import migrate  # noqa: E402
+from pipeline.switch.publisher import SwitchPublisher  # noqa: E402
+from pipeline.switch.simulator import FaultMix, Tick, generate, publish  # noqa: E402
+
+CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
+BOOTSTRAP = os.environ.get("CDR_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+CH_URL = "native://127.0.0.1:19000/"
+PARTITIONS = 3
+
+
+def _spawn(args: list[str], prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=BOOTSTRAP,
+               CDR_KAFKA_PARTITIONS=str(PARTITIONS))
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _consumer(group: str) -> Consumer:
+    return Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": group, "enable.auto.commit": False,
+                     "auto.offset.reset": "earliest", "enable.partition.eof": False})
+
+
+def _assign_all(consumer: Consumer, topic: str) -> None:
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+
+
+def _end_offsets(topic: str) -> int:
+    c = _consumer(f"bench-probe-{uuid.uuid4().hex[:6]}")
+    total = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS))
+    c.close()
+    return total
+
+
+def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
+    """consume + decode + core + encode + produce; returns (events/s, CDRs)."""
+    config = load_config(CONFIG)
+    consumer = _consumer(f"bench-bare-{uuid.uuid4().hex[:6]}")
+    _assign_all(consumer, src)
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 20, "compression.type": "lz4"})
+    correlators: dict[int, Correlator] = {}
+    seen = cdrs = 0
+    started = time.perf_counter()
+    while seen < total:
+        for msg in consumer.consume(num_messages=2000, timeout=1.0):
+            if msg.error():
+                continue
+            seen += 1
+            part = msg.partition()
+            corr = correlators.setdefault(part, Correlator(config))
+            headers = msg.headers()
+            if codec.is_tick(headers):
+                out = corr.advance(codec.decode_tick(msg.value()), msg.offset())
+            else:
+                out = corr.on_event(parse_event(codec.decode_event_dict(msg.value())), msg.offset())
+            for cdr in out:
+                producer.produce(dst, key=cdr.call_id.encode(), value=codec.encode_cdr(cdr), partition=part)
+                cdrs += 1
+            producer.poll(0)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return total / elapsed, cdrs
+
+
+def _timestamps_span(topic: str, expected: int) -> float:
+    """Seconds between the first and last record's broker timestamps of a topic."""
+    consumer = _consumer(f"bench-ts-{uuid.uuid4().hex[:6]}")
+    _assign_all(consumer, topic)
+    first, last, seen = None, None, 0
+    while seen < expected:
+        for msg in consumer.consume(num_messages=5000, timeout=1.0):
+            if msg.error():
+                continue
+            seen += 1
+            ts = msg.timestamp()[1]
+            first = ts if first is None else min(first, ts)
+            last = ts if last is None else max(last, ts)
+    consumer.close()
+    return ((last or 0) - (first or 0)) / 1000
+
+
+def faust_correlator(prefix: str, total_events: int, expected_cdrs: int, workdir: Path) -> float:
+    """events/s through one worker: all events over the span of its output timestamps."""
+    proc = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}corr",
+                   "--data-dir", str(workdir / "faust")], prefix, workdir / "worker.log")
+    try:
+        deadline = time.monotonic() + 600
+        while _end_offsets(f"{prefix}cdrs") < expected_cdrs:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
+            time.sleep(0.5)  # polling the output topic's end offsets
+    finally:
+        _stop(proc)
+    span = _timestamps_span(f"{prefix}cdrs", expected_cdrs)
+    return total_events / span if span > 0 else float("inf")
+
+
+def bare_sink(topic: str, total: int, backend: Any, database: str) -> float:
+    consumer = _consumer(f"bench-bare-sink-{uuid.uuid4().hex[:6]}")
+    _assign_all(consumer, topic)
+    seen = 0
+    batch: list[Any] = []
+    started = time.perf_counter()
+    while seen < total:
+        for msg in consumer.consume(num_messages=5000, timeout=1.0):
+            if msg.error():
+                continue
+            seen += 1
+            batch.append(codec.decode_cdr(msg.value()))
+            if len(batch) >= 5000:
+                insert_cdrs(backend, batch, dedup_token_for(batch), database)
+                batch = []
+    if batch:
+        insert_cdrs(backend, batch, dedup_token_for(batch), database)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return total / elapsed
+
+
+def service_sink(prefix: str, topic: str, total: int, backend: Any, database: str, workdir: Path) -> float:
+    proc = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}sink", "--topic", topic,
+                   "--clickhouse", f"{CH_URL}{database}"], prefix, workdir / "sink.log")
+    first = None
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            (count,) = backend.execute(f"SELECT count() FROM {database}.cdr")[0]
+            now = time.perf_counter()
+            if count and first is None:
+                first = (now, count)
+            if count >= total:
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"sink did not finish; see {workdir / 'sink.log'}")
+            time.sleep(0.05)  # polling ClickHouse for the row count
+    finally:
+        _stop(proc)
+    assert first is not None
+    return (total - first[1]) / max(now - first[0], 1e-9)
+
+
+def latency(prefix: str, rate: float, seconds: float, backend: Any, database: str, workdir: Path) -> list[float]:
+    """Publish at `rate` events/s; per HANGUP, wall time until its CDR is in ClickHouse."""
+    config = load_config(CONFIG)
+    calls = int(rate * seconds / 3.7)
+    items = [i for i in generate(config, calls=calls, switches=4, rate_cps=rate / 3.7, seed=77,
+                                 start_ms=int(time.time() * 1000), faults=FaultMix.none(), final_tick=False)
+             if not isinstance(i, Tick)]
+    worker = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
+                     "--data-dir", str(workdir / "faust-lat")], prefix, workdir / "worker-lat.log")
+    sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
+                   "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", "0.25"], prefix,
+                  workdir / "sink-lat.log")
+    time.sleep(15)  # let the worker join its group before traffic starts (startup, not synchronisation of results)
+    hangup_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 5, "partitioner": "murmur2_random"})
+    topic = f"{prefix}call-events"
+    started = time.perf_counter()
+    last_poll = started
+    for n, item in enumerate(items):
+        due = started + n / rate
+        while (now := time.perf_counter()) < due:
+            if now - last_poll > 0.1:
+                _poll_seen(backend, database, seen_at)
+                last_poll = now
+            else:
+                producer.poll(min(due - now, 0.01))
+        producer.produce(topic, key=item["call_id"].encode(), value=codec.encode_event_dict(item))
+        if item["event_type"] == "HANGUP":
+            hangup_at.setdefault(item["call_id"], time.perf_counter())
+    producer.flush(30)
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and not set(hangup_at) <= set(seen_at):
+        _poll_seen(backend, database, seen_at)
+        time.sleep(0.1)  # polling ClickHouse for arrivals
+    _stop(worker)
+    _stop(sink)
+    achieved = len(items) / (time.perf_counter() - started)
+    print(f"  published {len(items)} events at {achieved:,.0f}/s (target {rate:,.0f}/s)")
+    return sorted(seen_at[c] - t for c, t in hangup_at.items() if c in seen_at)
+
+
+def _poll_seen(backend: Any, database: str, seen_at: dict[str, float]) -> None:
+    now = time.perf_counter()
+    for (call_id,) in backend.execute(
+        f"SELECT DISTINCT call_id FROM {database}.cdr WHERE inserted_at >= now() - 10"
+    ):
+        seen_at.setdefault(call_id, now)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
+    ap.add_argument("--latency-s", type=float, default=30.0)
+    args = ap.parse_args()
+    run = uuid.uuid4().hex[:6]
+    prefix = f"bench{run}-"
+    workdir = ROOT / "out" / f"bench-{run}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    specs = default_topic_specs(prefix, PARTITIONS, 1)
+    ensure_topics(BOOTSTRAP, specs)
+    bare_dst = f"{prefix}bare-cdrs"
+    ensure_topics(BOOTSTRAP, [specs[1].__class__(bare_dst, PARTITIONS, 1, {})])
+    backend, _ = open_backend(CH_URL + "default")
+    dbs = [f"bench{run}_bare", f"bench{run}_sink", f"bench{run}_lat"]
+    for db in dbs:
+        migrate(backend, db)
+    try:
+        config = load_config(CONFIG)
+        items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
+                              start_ms=1_764_000_000_000, faults=FaultMix()))
+        with SwitchPublisher(BOOTSTRAP, f"{prefix}call-events") as pub:
+            publish(items, pub)
+        total = _end_offsets(f"{prefix}call-events")
+        print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
+
+        bare_rate, cdrs = bare_correlator(f"{prefix}call-events", bare_dst, total)
+        faust_rate = faust_correlator(prefix, total, cdrs, workdir)
+        print("correlator (one process):")
+        print(f"  bare chain (consume+decode+core+encode+produce) {bare_rate:>10,.0f} events/s")
+        print(f"  Faust worker                                    {faust_rate:>10,.0f} events/s"
+              f"   = {faust_rate / bare_rate:.2f} x bare (goal >= 0.33)")
+
+        bare_sink_rate = bare_sink(f"{prefix}cdrs", cdrs, backend, dbs[0])
+        sink_rate = service_sink(prefix, f"{prefix}cdrs", cdrs, backend, dbs[1], workdir)
+        print(f"sink ({cdrs} CDR versions):")
+        print(f"  bare chain (consume+decode+columnar insert)     {bare_sink_rate:>10,.0f} rows/s")
+        print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
+              f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
+
+        lat = latency(prefix + "l", args.rate, args.latency_s, backend, dbs[2], workdir) \
+            if ensure_topics(BOOTSTRAP, default_topic_specs(prefix + "l", PARTITIONS, 1)) is not None else []
+        if lat:
+            p50 = statistics.median(lat)
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(f"latency HANGUP published -> CDR in ClickHouse ({len(lat)} calls): "
+                  f"p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms (goal p99 < 2000 ms)")
+    finally:
+        for db in dbs:
+            backend.execute(f"DROP DATABASE IF EXISTS {db}")
+        delete_topics(BOOTSTRAP, [s.name for s in specs] + [bare_dst] +
+                      [s.name for s in default_topic_specs(prefix + "l", PARTITIONS, 1)])
+        print(f"logs: {workdir}")
+
+
+if __name__ == "__main__":
+    main()
