@@ -47,33 +47,20 @@ def test_stream_equals_offline(pipeline: Pipeline) -> None:
     _assert_equal(pipeline, expected)
 
 
-def test_worker_killed_and_restarted_mid_stream(pipeline: Pipeline) -> None:
-    items, config, _ = traffic(2500, seed=12, faults=FAULTS)
+@pytest.mark.parametrize(("component", "seed"), [("worker", 12), ("sink", 13)])
+def test_component_killed_and_restarted_mid_stream(pipeline: Pipeline, component: str, seed: int) -> None:
+    items, config, _ = traffic(2500, seed=seed, faults=FAULTS)
     expected = offline_final(items, config)
     worker = pipeline.start_worker()
-    pipeline.start_sink()
-    half = len(items) // 2
-    _publish(pipeline, items[:half])
-    pipeline.wait_for(lambda: len(pipeline.stored_versions()) > 200, 180, "the first CDRs")
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(30)
-    _publish(pipeline, items[half:])
-    pipeline.start_worker()
-    _assert_equal(pipeline, expected)
-
-
-def test_sink_killed_and_restarted_mid_stream(pipeline: Pipeline) -> None:
-    items, config, _ = traffic(2500, seed=13, faults=FAULTS)
-    expected = offline_final(items, config)
-    pipeline.start_worker()
     sink = pipeline.start_sink()
+    victim, restart = (worker, pipeline.start_worker) if component == "worker" else (sink, pipeline.start_sink)
     half = len(items) // 2
     _publish(pipeline, items[:half])
     pipeline.wait_for(lambda: len(pipeline.stored_versions()) > 200, 180, "the first CDRs")
-    sink.send_signal(signal.SIGKILL)
-    sink.wait(30)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
     _publish(pipeline, items[half:])
-    pipeline.start_sink()
+    restart()
     _assert_equal(pipeline, expected)
 
 
