@@ -17,3 +17,23 @@ REGISTRY.append(_worker)
 from pipeline.sink.cli import register as _sink  # noqa: E402
 
 REGISTRY.append(_sink)
+
+from pipeline.switch.cli import register as _simulate  # noqa: E402
+
+REGISTRY.append(_simulate)
+
+from pipeline.dbcli import register as _db  # noqa: E402
+
+REGISTRY.append(_db)
+
+from pipeline.demo import register as _demo  # noqa: E402
+
+REGISTRY.append(_demo)
+
+from pipeline.rerate.cli import register as _rerate  # noqa: E402
+
+REGISTRY.append(_rerate)
+
+from pipeline.dashboard.cli import register as _dashboard  # noqa: E402
+
+REGISTRY.append(_dashboard)

@@ -7,6 +7,13 @@ HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 ROOT="$(cd -- "$HERE/../.." && pwd -P)"
 cd "$ROOT"
 "$HERE/bootstrap.sh" --dev
+# The dashboard's browser test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium for the headless browser test" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+fi
 
 started=()
 cleanup() {
