@@ -286,7 +286,7 @@ def server_cpu_s() -> float | None:
     """CPU seconds the local ClickHouse server has used (all its work, other users'
     queries included), or None when it is not the local deploy/local server."""
     try:
-        pid = int(SERVER_PID_FILE.read_text().strip())
+        pid = int(Path(SERVER_PID_FILE).read_text().strip())
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
@@ -439,9 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         help="changed calls per insert in the re-ratings (default 5000)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the databases and topic")
+    parser.add_argument(
+        "--server-pid-file",
+        type=Path,
+        default=SERVER_PID_FILE,
+        help="pid file of the ClickHouse server, to report its CPU time",
+    )
     args = parser.parse_args(argv)
-    global BATCH_ROWS
+    global BATCH_ROWS, SERVER_PID_FILE
     BATCH_ROWS = args.batch_rows
+    SERVER_PID_FILE = args.server_pid_file
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
 
     tmp = Path(tempfile.mkdtemp(prefix="rerate-bench-"))
