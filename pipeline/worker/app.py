@@ -6,15 +6,26 @@ timers cannot change tables. Delivery is at-least-once: after an assignment the
 first record seen tells from where input is replayed, and every CDR whose last
 emission came from that input on is sent again (same version, same content), so
 a crash between the changelog write and the CDR send loses nothing.
+
+Records are taken in batches (`take_events`). Each partition's records in a batch
+are folded in order, then every call they changed is written once to the table
+and its changelog, on that partition (TableStore.flush). Faust acknowledges a
+batch's records only when the agent has finished it, and commits an offset only
+after flushing the producer, so a committed offset still means every CDR and
+state change before it was delivered. Faust's per-record path for table writes
+cost more than the billing core itself; see docs/streaming.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import TopicPartition
 from faust.types import TP
 
 from pipeline import codec
@@ -29,12 +40,18 @@ from pipeline.worker.table_store import TableStore
 
 log = logging.getLogger(__name__)
 
+# At most this many records per batch, and at most this long waiting to fill one.
+BATCH_MAX = 1000
+BATCH_WITHIN_S = 0.05
+OBSERVE_EVERY = 1000  # records of a partition between updates of the partition gauges
+
 
 @dataclass
 class PartitionState:
     correlator: Correlator
     store: TableStore
     records: int = 0
+    observed_at: int = 0
 
 
 @dataclass
@@ -44,6 +61,8 @@ class CorrelatorRuntime:
     config: BillingConfig
     table: Any
     partitions: dict[int, PartitionState] = field(default_factory=dict)
+    # Per assigned partition: the offset of the record to fold next (see in_order).
+    expected: dict[int, int] = field(default_factory=dict)
 
     def partition(self, partition: int, first_offset: int) -> tuple[PartitionState, list[RatedCdr]]:
         held = self.partitions.get(partition)
@@ -64,11 +83,85 @@ class CorrelatorRuntime:
     def revoke(self, partitions: set[int]) -> None:
         for partition in partitions:
             self.partitions.pop(partition, None)
+            self.expected.pop(partition, None)
+
+    def in_order(self, partition: int, events: list[Any]) -> tuple[list[Any], int | None]:
+        """The events to fold, in offset order from the expected offset on, and the
+        offset to send the consumer back to if records are missing (else None).
+
+        call-events has neither compaction nor transaction markers, so a partition's
+        offsets are contiguous. A record before the expected offset was folded already
+        (a re-delivery) and is passed over. A record after it means records are missing:
+        it is refused and never acknowledged (so no commit can pass the missing ones),
+        and the consumer must be sent back to the expected offset. That is asked after
+        every batch with a refused record: Faust's fetch loop may still be handing over
+        stale records fetched before the last seek, and each of them moves its read
+        offset past the records the seek is to bring back.
+        """
+        expected = self.expected[partition]
+        ready: list[Any] = []
+        missing = False
+        for event in events:
+            offset = event.message.offset
+            if offset == expected:
+                ready.append(event)
+                expected += 1
+            elif offset > expected:
+                missing = True
+                event.message.acked = True  # Faust then never counts it as processed
+        self.expected[partition] = expected
+        return ready, (expected if missing else None)
 
 
 def _headers(message: Any) -> list[tuple[str, bytes]]:
     headers = message.headers or []
     return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def forget_read_offsets(consumer: Any, assigned: set[TP]) -> None:
+    """Clear Faust's stale "read offset" of newly assigned partitions.
+
+    Faust's fetch loop (main thread) can record the offset of a message it was
+    delivering when a rebalance suspended the flow after the consumer thread had
+    already cleared the revoked partitions' read offsets. A partition assigned
+    again then keeps that offset, and Faust silently drops every refetched record
+    below it: calls lose events, yet the offsets get committed. Faust sets the read
+    offset again when it seeks to the committed offsets; for a partition without a
+    committed offset it would not. Called from `on_partitions_assigned`, while the
+    flow is still suspended. tests/unit/test_worker_batches.py checks the attribute.
+    """
+    read_offsets = consumer._read_offset
+    for tp in assigned:
+        read_offsets.pop(tp, None)
+
+
+def ignore_gaps(consumer: Any, topic: str) -> None:
+    """Stop Faust from counting a jump in `topic`'s offsets as processed.
+
+    Faust's fetch loop treats offsets skipped between two fetched records as done
+    (meant for compacted topics and transaction markers) and commits past them.
+    call-events has neither, so a jump there only means a stale re-fetch after a
+    rebalance; the agent refuses those records and sends the consumer back
+    (CorrelatorRuntime.in_order), and nothing may be committed past the gap.
+    """
+    if getattr(consumer, "_cdr_gaps_ignored", None) == topic:
+        return
+    add_gap = consumer._add_gap
+
+    async def _add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != topic:
+            await add_gap(tp, offset_from, offset_to)
+
+    consumer._add_gap = _add_gap
+    consumer._cdr_gaps_ignored = topic
+
+
+def by_partition(events: list[Any]) -> dict[int, list[Any]]:
+    """A batch's events per partition, each partition's in offset order."""
+    parts: dict[int, list[Any]] = {}
+    for event in events:
+        parts.setdefault(event.message.partition, []).append(event)
+    return parts
 
 
 def create_app(settings: Settings, config: BillingConfig) -> faust.App:
@@ -84,13 +177,22 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         broker_commit_interval=worker.commit_interval_s,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        # Batch produce requests (CDRs and changelog): without linger aiokafka sends
+        # a request for every few records.
+        producer_linger=0.02,
+        producer_max_batch_size=512 * 1024,
+        producer_compression_type="lz4",
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
         web_enabled=False,
         table_cleanup_interval=3600.0,
-        stream_wait_empty=False,
+        # Faust's default, kept on purpose: a rebalance waits until the batches being
+        # processed are finished (and flushed) before the partitions are given up, so no
+        # state change reaches a changelog partition another worker already owns.
+        stream_wait_empty=True,
         consumer_auto_offset_reset="earliest",
     )
     events_topic = app.topic(kafka.call_events, key_serializer="raw", value_serializer="raw")
-    cdrs_topic = app.topic(kafka.cdrs, key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(kafka.dlq, key_serializer="raw", value_serializer="raw")
     # Keys are call ids (str), values {"p": partition, "s": CallState.to_dict()}; both
     # JSON in the changelog topic <app_id>-calls-changelog.
@@ -101,9 +203,19 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         runtime.revoke({tp.partition for tp in revoked if tp.topic == kafka.call_events})
 
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
+        forget_read_offsets(app.consumer, {tp for tp in assigned if tp.topic == kafka.call_events})
+        ignore_gaps(app.consumer, kafka.call_events)
+
+    events_in = metrics.EVENTS_IN.labels("event")
+    ticks_in = metrics.EVENTS_IN.labels("tick")
+
     async def send_cdrs(cdrs: list[RatedCdr], partition: int) -> None:
+        producer = app.producer
         for cdr in cdrs:
-            await cdrs_topic.send(key=cdr.call_id.encode(), value=codec.encode_cdr(cdr), partition=partition)
+            value = codec.encode_cdr(cdr)
+            await producer.send(kafka.cdrs, cdr.call_id.encode(), value, partition, None, None)
             metrics.CDRS_OUT.labels(cdr.record_decision).inc()
 
     async def dead_letter(message: Any, exc: InvalidEvent) -> None:
@@ -118,34 +230,77 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         metrics.DLQ.labels(exc.category).inc()
         log.warning("%s[%s]@%s to dead-letter: %s", message.topic, message.partition, message.offset, exc.reason)
 
-    @app.agent(events_topic)
-    async def correlate(stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            partition = message.partition
-            held, resend = runtime.partition(partition, message.offset)
-            if resend:
-                metrics.REEMITTED.inc(len(resend))
-                await send_cdrs(resend, partition)
+    def fold(held: PartitionState, message: Any) -> list[RatedCdr]:
+        """One record into its partition's Correlator; raises InvalidEvent for a bad one."""
+        if codec.is_tick(_headers(message)):
+            ticks_in.inc()
+            return held.correlator.advance(codec.decode_tick(message.value or b""), message.offset)
+        events_in.inc()
+        call_event = parse_event(codec.decode_event_dict(message.value or b""))
+        key = message.key.decode("utf-8", "replace") if message.key else None
+        if key is not None and key != call_event.call_id:
+            raise InvalidEvent(
+                f"record key {key!r} is not the event's call_id {call_event.call_id!r}", "call_id"
+            )
+        return held.correlator.on_event(call_event, message.offset)
+
+    offsets_client: list[Any] = []
+
+    def resume_offset(partition: int) -> int:
+        """Where the group resumes a partition, asked of Kafka: the committed offset, else
+        the log start (auto_offset_reset=earliest). Blocking; run in an executor."""
+        if not offsets_client:
+            offsets_client.append(KafkaConsumer({
+                "bootstrap.servers": kafka.bootstrap, "group.id": worker.app_id,
+                "enable.auto.commit": False,
+            }))
+        client = offsets_client[0]
+        tp = TopicPartition(kafka.call_events, partition)
+        committed = client.committed([tp], timeout=30)[0].offset
+        if committed >= 0:
+            return int(committed)
+        low, _high = client.get_watermark_offsets(tp, timeout=30)
+        return int(low)
+
+    async def process(partition: int, events: list[Any]) -> None:
+        """One partition's records of a batch, in order; then its changed calls, once each."""
+        if partition not in runtime.expected:
+            runtime.expected[partition] = await asyncio.get_running_loop().run_in_executor(
+                None, resume_offset, partition)
+        first = runtime.expected[partition]
+        events, seek_to = runtime.in_order(partition, events)
+        if seek_to is not None:
+            metrics.OFFSET_GAPS.inc()
+            log.warning("%s[%s]: records from offset %s are missing (a stale fetch after a "
+                        "rebalance); later records refused, consumer sent back to %s",
+                        kafka.call_events, partition, seek_to, seek_to)
+            # Faust's thread-safe seek; it also resets Faust's read offset of the partition.
+            await app.consumer.seek_wait({TP(kafka.call_events, partition): seek_to})
+        if not events:
+            return
+        held, resend = runtime.partition(partition, first)
+        if resend:
+            metrics.REEMITTED.inc(len(resend))
+            await send_cdrs(resend, partition)
+        for event in events:
             try:
-                if codec.is_tick(_headers(message)):
-                    metrics.EVENTS_IN.labels("tick").inc()
-                    out = held.correlator.advance(codec.decode_tick(message.value or b""), message.offset)
-                else:
-                    metrics.EVENTS_IN.labels("event").inc()
-                    call_event = parse_event(codec.decode_event_dict(message.value or b""))
-                    key = message.key.decode("utf-8", "replace") if message.key else None
-                    if key is not None and key != call_event.call_id:
-                        raise InvalidEvent(f"record key {key!r} is not the event's call_id {call_event.call_id!r}", "call_id")
-                    out = held.correlator.on_event(call_event, message.offset)
+                out = fold(held, event.message)
             except InvalidEvent as exc:
-                await dead_letter(message, exc)
+                await dead_letter(event.message, exc)
                 continue
             if out:
                 await send_cdrs(out, partition)
-            held.records += 1
-            if held.records % 1000 == 0:
-                _observe(held, partition, app, message)
+        await held.store.flush(app.producer, events[-1])
+        held.records += len(events)
+        if held.records - held.observed_at >= OBSERVE_EVERY:
+            held.observed_at = held.records
+            _observe(held, partition, app, events[-1].message)
+
+    @app.agent(events_topic)
+    async def correlate(stream: Any) -> None:
+        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            for partition, part in by_partition(events).items():
+                await process(partition, part)
 
     app.correlate_agent = correlate  # type: ignore[attr-defined]
     app.runtime = runtime  # type: ignore[attr-defined]

@@ -46,7 +46,13 @@ def _run(args: argparse.Namespace) -> int:
         start_http_server(settings.worker.metrics_port, addr="127.0.0.1")
     log.info("correlator %s on %s, tariff %s", settings.worker.app_id, settings.kafka.bootstrap,
              config.tariff_version)
-    worker = faust.Worker(app, loglevel=args.faust_loglevel, quiet=True, redirect_stdouts=False)
+    # Keep the logging `cdr-pipeline` set up (root WARNING, format, --log-json). Faust's own
+    # set-up would replace it and, for its start-up spinner, leave the root logger at DEBUG
+    # for good: every debug call in faust and aiokafka would then build a LogRecord.
+    for name in ("faust", "mode", "aiokafka"):
+        logging.getLogger(name).setLevel(args.faust_loglevel.upper())
+    worker = faust.Worker(app, loglevel=args.faust_loglevel, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
     worker.execute_from_commandline()
     return 0
 

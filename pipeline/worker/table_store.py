@@ -1,18 +1,36 @@
 """A per-partition view of the Faust `calls` table that the billing core can use.
 
 The core's Correlator wants a MutableMapping[str, CallState]. Reads come from a
-plain dict cache of the partition's calls (fast, no deserialisation per event);
-every write goes through to the changelog-backed Faust table, so a restarted or
-rebalanced worker recovers the same states. Each table value carries its
-partition ("p"), so a worker can rebuild one partition's cache from the table.
+plain dict cache of the partition's calls (fast, no deserialisation per event).
+Writes are collected, and `flush` puts each changed call once into the Faust
+table: its store (`table.data`) and its changelog topic, on this store's
+partition explicitly. That is what `table[call_id] = value` does (Faust's
+`Table.on_key_set`), without Faust's per-record producer machinery, which cost
+more than the billing core's work per event; records and their encoding are
+the same, so Faust restores the table from the changelog as before. Each table
+value carries its partition ("p"), so a worker can rebuild one partition's cache
+from the table.
+
+Flush before the records that changed the calls are acknowledged: Faust commits
+an offset only after flushing the producer, so a committed offset means every
+state change before it is in the changelog.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import weakref
 from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
+from faust import streams as faust_streams
+from faust.types import TP
+
 from pipeline.core.state import CallState
+
+log = logging.getLogger(__name__)
 
 
 class TableStore(MutableMapping[str, CallState]):
@@ -20,11 +38,15 @@ class TableStore(MutableMapping[str, CallState]):
         self._table = table
         self.partition = partition
         self._cache: dict[str, CallState] = {}
+        self._changed: dict[str, CallState | None] = {}  # None: deleted
+        self._changelog = table.changelog_topic
+        self._tp = TP(self._changelog.get_topic_name(), partition)
 
     def load(self) -> None:
         """Fill the cache with this partition's calls from the (recovered) table."""
         self._cache.clear()
-        for key, value in list(self._table.items()):
+        self._changed.clear()
+        for value in list(self._table.values()):
             if isinstance(value, dict) and value.get("p") == self.partition:
                 state = CallState.from_dict(value["s"])
                 self._cache[state.call_id] = state
@@ -37,14 +59,75 @@ class TableStore(MutableMapping[str, CallState]):
 
     def __setitem__(self, call_id: str, state: CallState) -> None:
         self._cache[call_id] = state
-        self._table[call_id] = {"p": self.partition, "s": state.to_dict()}
+        self._changed[call_id] = state
 
     def __delitem__(self, call_id: str) -> None:
         del self._cache[call_id]
-        del self._table[call_id]
+        self._changed[call_id] = None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._cache)
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    @property
+    def pending(self) -> int:
+        """Calls changed since the last flush."""
+        return len(self._changed)
+
+    async def flush(self, producer: Any, event: Any) -> int:
+        """Write each call changed since the last flush to the table's store and to
+        the changelog (tombstones for deleted calls); returns how many.
+
+        `event` is a record of this partition: Faust's current event while the store
+        is written, as a RocksDB store picks the partition's database from it.
+        """
+        if not self._changed:
+            return 0
+        data = self._table.data
+        changelog = self._changelog
+        topic, partition = self._tp
+        sent: asyncio.Future[Any] | None = None
+        with current_event(event):
+            for call_id, state in self._changed.items():
+                key, _ = changelog.prepare_key(call_id, None)
+                if state is None:
+                    data.pop(call_id, None)
+                    value = None
+                else:
+                    record = {"p": partition, "s": state.to_dict()}
+                    data[call_id] = record
+                    value, _ = changelog.prepare_value(record, None)
+                sent = await producer.send(topic, key, value, partition, None, None)
+        count = len(self._changed)
+        self._changed.clear()
+        if sent is not None:
+            sent.add_done_callback(self._delivered)
+        return count
+
+    def _delivered(self, sent: asyncio.Future[Any]) -> None:
+        # As Faust's own changelog callback: a persistent (RocksDB) store remembers how
+        # far the changelog is applied, so a restart recovers only what came after.
+        # Records of one partition are delivered in order, so the batch's last will do.
+        if sent.cancelled():
+            return
+        if sent.exception() is not None:
+            log.error("changelog %s[%s] not written: %r", *self._tp, sent.exception())
+            return
+        self._table.data.set_persisted_offset(self._tp, sent.result().offset)
+
+
+@contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event, as Faust's stream iteration does per record.
+
+    The worker writes the table after a batch, outside that iteration. Faust has no
+    public setter, so this sets its context variable; tests/unit/test_worker_batches.py
+    checks that `faust.current_event()` follows.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
