@@ -69,7 +69,7 @@ class Pipeline:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", f"{self.prefix}corr",
-                                      "--data-dir", str(self.workdir / "faust")])
+                                      "--data-dir", str(self.workdir / "faust"), "--faust-loglevel", "info"])
 
     def start_sink(self) -> subprocess.Popen[bytes]:
         url = f"native://{self.backend.host}:{self.backend.port}/{self.database}"
@@ -92,6 +92,38 @@ class Pipeline:
                     raise AssertionError(f"{proc.args} died with {proc.returncode}; logs in {self.workdir}")
             time.sleep(0.5)  # polling ClickHouse for a condition, bounded by the deadline
         raise AssertionError(f"timed out waiting for {what}; logs in {self.workdir}")
+
+    def diagnose(self, want: dict[str, int], expected: dict[str, Any] | None = None) -> str:
+        """What is missing after a timeout: calls per partition, and the consumer groups' offsets."""
+        from aiokafka.partitioner import murmur2
+        from confluent_kafka import Consumer, TopicPartition
+
+        stored = self.stored_versions()
+        behind: dict[int, int] = {}
+        for call_id, version in want.items():
+            if stored.get(call_id) != version:
+                part = (murmur2(call_id.encode()) & 0x7FFFFFFF) % PARTITIONS
+                behind[part] = behind.get(part, 0) + 1
+        lines = [f"calls missing or behind, by partition: {behind}; extra: {len(set(stored) - set(want))}"]
+        for call_id in [c for c in want if stored.get(c) != want[c]][:5]:
+            rows = self.backend.execute(
+                f"SELECT version, record_decision, decision_reason, status, hold_ms, end_ts_ms, flags FROM {self.database}.cdr "
+                f"WHERE call_id = '{call_id}' ORDER BY version")
+            lines.append(f"{call_id}: want version {want[call_id]}, stored {rows}")
+            if expected is not None:
+                lines.append(f"  expected {expected[call_id]}")
+        for group, topic in ((f"{self.prefix}corr", f"{self.prefix}call-events"),
+                             (f"{self.prefix}sink", f"{self.prefix}cdrs")):
+            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+            try:
+                tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+                committed = consumer.committed(tps, timeout=10)
+                for tp in committed:
+                    _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    lines.append(f"{group} {topic}[{tp.partition}]: committed {tp.offset}, end {high}")
+            finally:
+                consumer.close()
+        return "\n".join(lines)
 
     def newest_cdrs(self) -> dict[str, RatedCdr]:
         out = {}

@@ -29,7 +29,10 @@ def _publish(pipeline: Pipeline, items: list[Any], pace: float | None = None) ->
 
 def _assert_equal(pipeline: Pipeline, expected: dict[str, Any]) -> None:
     want = {c: v.version for c, v in expected.items()}
-    pipeline.wait_for(lambda: pipeline.stored_versions() == want, 240, "every call's newest CDR")
+    try:
+        pipeline.wait_for(lambda: pipeline.stored_versions() == want, 240, "every call's newest CDR")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{pipeline.diagnose(want, expected)}") from None
     got = pipeline.newest_cdrs()
     assert set(got) == set(expected)
     mismatched = [c for c in expected if got[c] != expected[c]]
