@@ -417,6 +417,7 @@ def one_prefix_config(directory: Path) -> BillingConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global BATCH_ROWS, SERVER_PID_FILE
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--base-calls", type=int, default=100_000)
@@ -446,7 +447,6 @@ def main(argv: list[str] | None = None) -> int:
         help="pid file of the ClickHouse server, to report its CPU time",
     )
     args = parser.parse_args(argv)
-    global BATCH_ROWS, SERVER_PID_FILE
     BATCH_ROWS = args.batch_rows
     SERVER_PID_FILE = args.server_pid_file
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]

@@ -4,8 +4,10 @@ Which records: on every partition, from the first record whose timestamp is at o
 after `from - (max_call_duration_s + reorder_grace_s + margin)` (offsets_for_times)
 up to the partition's end as it was when the run started, stopping a partition
 early at the first record stamped after `to + max_call_duration_s + reorder_grace_s
-+ margin`. Record timestamps are when the switch published (CreateTime), at or after
-the event time; `margin_s` bounds how late a switch may publish. Reading that far
++ margin` (a tick record there still advances event time: it closes the calls that
+went stale, as it did in the live correlator). Record timestamps are when the switch
+published (CreateTime), at or after the event time; `margin_s` bounds how late a
+switch may publish. Reading that far
 back means that a call whose SETUP is before the window cannot have events in it
 that would make it look in range (it would have ended before `from`).
 
@@ -286,6 +288,13 @@ class KafkaSource:
             return
         _kind, stamp = msg.timestamp()
         if stamp > self.read_to_ms:
+            # Past the window. A tick there still tells how far event time went (the
+            # live correlator closed stale calls on it too); events are not read.
+            if codec.is_tick(msg.headers()):
+                try:
+                    part.add(part.correlator.advance(codec.decode_tick(msg.value()), offset))
+                except InvalidEvent:
+                    self.stats.rejected += 1
             self.done += plan.end - offset
             self._finish(consumer, part)
             return

@@ -23,6 +23,7 @@ is being rated.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCES = ("clickhouse", "kafka")
+GC_THRESHOLD = 50_000
 NEW_CALL = "new_call"
 # The "before" of a call the replay found and ClickHouse never stored: nothing billed.
 _ABSENT: tuple[Any, ...] = tuple(
@@ -374,6 +376,11 @@ def run_share(
     read_backend = connector.backend()
     source = _source(request, connector, read_backend, shard, kafka, stored)
     share = _Share(request, write_backend, run_id, previous)
+    thresholds = gc.get_threshold()
+    # Rating allocates many short-lived tuples; collecting the young generation every
+    # 700 allocations costs about a fifth of the run. Fewer, larger collections for
+    # the duration of the share (restored afterwards).
+    gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
     try:
         source.on_read = lambda done: report(done, share.result.calls_changed)
         count = 0
@@ -390,6 +397,7 @@ def run_share(
         share.abort()
         raise
     finally:
+        gc.set_threshold(*thresholds)
         source.close()
         write_backend.close()
         read_backend.close()
