@@ -186,6 +186,9 @@ def service_sink(prefix: str, topic: str, total: int, backend: Any, database: st
     finally:
         _stop(proc)
     assert first is not None
+    if first[1] >= total:
+        # Timed from the first batch seen to the last: with one batch there is nothing to time.
+        raise SystemExit(f"all {total} CDRs arrived in one sink batch; use more --calls to time the sink")
     return (total - first[1]) / max(now - first[0], 1e-9)
 
 
