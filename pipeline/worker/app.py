@@ -248,7 +248,8 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
 
     def resume_offset(partition: int) -> int:
         """Where the group resumes a partition, asked of Kafka: the committed offset, else
-        the log start (auto_offset_reset=earliest). Blocking; run in an executor."""
+        (or if retention already deleted it) the log start, as auto_offset_reset=earliest
+        does. Blocking; run in an executor."""
         if not offsets_client:
             offsets_client.append(KafkaConsumer({
                 "bootstrap.servers": kafka.bootstrap, "group.id": worker.app_id,
@@ -257,10 +258,8 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         client = offsets_client[0]
         tp = TopicPartition(kafka.call_events, partition)
         committed = client.committed([tp], timeout=30)[0].offset
-        if committed >= 0:
-            return int(committed)
         low, _high = client.get_watermark_offsets(tp, timeout=30)
-        return int(low)
+        return int(max(committed, low))
 
     async def process(partition: int, events: list[Any]) -> None:
         """One partition's records of a batch, in order; then its changed calls, once each."""
