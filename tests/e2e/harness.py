@@ -22,6 +22,7 @@ from pipeline.offline import rate_lines
 from pipeline.storage.cdr_store import fetch_newest
 from pipeline.storage.migrate import migrate
 from pipeline.switch.simulator import FaultMix, SimStats, generate, jsonl_line
+from tests.kafka_partition import java_partition
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
@@ -95,14 +96,13 @@ class Pipeline:
 
     def diagnose(self, want: dict[str, int], expected: dict[str, Any] | None = None) -> str:
         """What is missing after a timeout: calls per partition, and the consumer groups' offsets."""
-        from aiokafka.partitioner import murmur2
         from confluent_kafka import Consumer, TopicPartition
 
         stored = self.stored_versions()
         behind: dict[int, int] = {}
         for call_id, version in want.items():
             if stored.get(call_id) != version:
-                part = (murmur2(call_id.encode()) & 0x7FFFFFFF) % PARTITIONS
+                part = java_partition(call_id.encode(), PARTITIONS)
                 behind[part] = behind.get(part, 0) + 1
         lines = [f"calls missing or behind, by partition: {behind}; extra: {len(set(stored) - set(want))}"]
         for call_id in [c for c in want if stored.get(c) != want[c]][:5]:

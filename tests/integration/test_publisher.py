@@ -22,6 +22,7 @@ from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.events import CallEvent, parse_event
 from pipeline.switch.publisher import PublishError, SwitchPublisher
 from pipeline.switch.simulator import SimStats, Tick, generate, publish
+from tests.kafka_partition import java_partition
 
 pytestmark = pytest.mark.integration
 
@@ -46,27 +47,6 @@ def config() -> BillingConfig:
     return load_config(EXAMPLE / "config.toml")
 
 
-def java_murmur2_partition(key: bytes, partitions: int) -> int:
-    """The Java client's default partitioner for keyed records (Utils.murmur2, toPositive)."""
-    m, h = 0x5BD1E995, (0x9747B28C ^ len(key)) & 0xFFFFFFFF
-    full = len(key) & ~3
-    for i in range(0, full, 4):
-        k = (int.from_bytes(key[i : i + 4], "little") * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
-    rest = len(key) & 3
-    if rest == 3:
-        h ^= key[full + 2] << 16
-    if rest >= 2:
-        h ^= key[full + 1] << 8
-    if rest >= 1:
-        h = ((h ^ key[full]) * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return (h & 0x7FFFFFFF) % partitions
-
-
 def test_java_murmur2_reference_values() -> None:
     # Kafka's own UtilsTest vectors: murmur2("21") == -973932308, etc.
     for key, signed in (
@@ -74,7 +54,7 @@ def test_java_murmur2_reference_values() -> None:
         (b"foobar", -790332482),
         (b"a-little-bit-long-string", -985981536),
     ):
-        assert java_murmur2_partition(key, 2**31 - 1) == (signed & 0x7FFFFFFF) % (2**31 - 1)
+        assert java_partition(key, 2**31 - 1) == (signed & 0x7FFFFFFF) % (2**31 - 1)
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
@@ -110,7 +90,7 @@ def _expected_layout(items: list[Any]) -> dict[int, list[tuple[bytes | None, byt
         else:
             key = item["call_id"].encode()
             value = codec.encode_event(parse_event(item))
-            layout[java_murmur2_partition(key, PARTITIONS)].append((key, value, False))
+            layout[java_partition(key, PARTITIONS)].append((key, value, False))
     return layout
 
 
