@@ -29,13 +29,15 @@ from confluent_kafka import TopicPartition
 from faust.types import TP
 
 from pipeline import codec
-from pipeline.core.cdr import RatedCdr
+from pipeline.core.cdr import DECISIONS, RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
 from pipeline.settings import Settings
 from pipeline.worker import metrics
+from pipeline.worker.lean import LeanMonitor, RawRecords
+from pipeline.worker.produce import BatchSender, Record
 from pipeline.worker.table_store import TableStore
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ class CorrelatorRuntime:
         self.partitions[partition] = held
         resend = held.correlator.reemit_from(first_offset)
         log.info(
-            "partition %s assigned: %s calls restored, watermark %s, %s CDRs re-sent from offset %s",
+            "partition %s assigned: %s calls restored, watermark %s, "
+            "%s CDRs re-sent from offset %s",
             partition, len(store), watermark, len(resend), first_offset,
         )
         return held, resend
@@ -191,8 +194,9 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         # state change reaches a changelog partition another worker already owns.
         stream_wait_empty=True,
         consumer_auto_offset_reset="earliest",
+        monitor=LeanMonitor(),
     )
-    events_topic = app.topic(kafka.call_events, key_serializer="raw", value_serializer="raw")
+    events_topic = app.topic(kafka.call_events, schema=RawRecords())
     dlq_topic = app.topic(kafka.dlq, key_serializer="raw", value_serializer="raw")
     # Keys are call ids (str), values {"p": partition, "s": CallState.to_dict()}; both
     # JSON in the changelog topic <app_id>-calls-changelog.
@@ -211,12 +215,13 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     events_in = metrics.EVENTS_IN.labels("event")
     ticks_in = metrics.EVENTS_IN.labels("tick")
 
-    async def send_cdrs(cdrs: list[RatedCdr], partition: int) -> None:
-        producer = app.producer
+    sender = BatchSender(app.producer)
+    cdrs_out = {decision: metrics.CDRS_OUT.labels(decision) for decision in DECISIONS}
+
+    def encode_cdrs(cdrs: list[RatedCdr], out: list[Record]) -> None:
         for cdr in cdrs:
-            value = codec.encode_cdr(cdr)
-            await producer.send(kafka.cdrs, cdr.call_id.encode(), value, partition, None, None)
-            metrics.CDRS_OUT.labels(cdr.record_decision).inc()
+            out.append((cdr.call_id.encode(), codec.encode_cdr(cdr)))
+            cdrs_out[cdr.record_decision].inc()
 
     async def dead_letter(message: Any, exc: InvalidEvent) -> None:
         headers = [
@@ -226,9 +231,11 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
             ("source-partition", str(message.partition).encode()),
             ("source-offset", str(message.offset).encode()),
         ]
-        await dlq_topic.send(key=message.key, value=message.value or b"", headers=headers)
+        sent = await dlq_topic.send(key=message.key, value=message.value or b"", headers=headers)
+        sender.watch(sent, dlq_topic.get_topic_name(), message.partition)
         metrics.DLQ.labels(exc.category).inc()
-        log.warning("%s[%s]@%s to dead-letter: %s", message.topic, message.partition, message.offset, exc.reason)
+        log.warning("%s[%s]@%s to dead-letter: %s",
+                    message.topic, message.partition, message.offset, exc.reason)
 
     def fold(held: PartitionState, message: Any) -> list[RatedCdr]:
         """One record into its partition's Correlator; raises InvalidEvent for a bad one."""
@@ -278,18 +285,21 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         if not events:
             return
         held, resend = runtime.partition(partition, first)
+        # The CDRs of the partition's records, sent as one batch (in order) after them.
+        out: list[Record] = []
         if resend:
             metrics.REEMITTED.inc(len(resend))
-            await send_cdrs(resend, partition)
+            encode_cdrs(resend, out)
         for event in events:
             try:
-                out = fold(held, event.message)
+                cdrs = fold(held, event.message)
             except InvalidEvent as exc:
                 await dead_letter(event.message, exc)
                 continue
-            if out:
-                await send_cdrs(out, partition)
-        await held.store.flush(app.producer, events[-1])
+            if cdrs:
+                encode_cdrs(cdrs, out)
+        await sender.send(kafka.cdrs, partition, out)
+        await held.store.flush(sender, events[-1])
         held.records += len(events)
         if held.records - held.observed_at >= OBSERVE_EVERY:
             held.observed_at = held.records

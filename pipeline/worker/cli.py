@@ -65,7 +65,8 @@ def register(sub: Any) -> None:
         "workers with the same --app-id share the partitions as one consumer group.",
     )
     p.add_argument("--config", required=True, type=Path, help="billing + runtime TOML file")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default from [kafka] or CDR_KAFKA_BOOTSTRAP)")
+    p.add_argument("--bootstrap",
+                   help="Kafka bootstrap servers (default from [kafka] or CDR_KAFKA_BOOTSTRAP)")
     p.add_argument("--partitions", type=int, help="partitions of the pipeline topics")
     p.add_argument("--store", help="Faust table store: memory:// (default) or rocksdb://")
     p.add_argument("--app-id", help="Faust app id = consumer group (default cdr-correlator)")

@@ -19,6 +19,7 @@ state change before it is in the changelog.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import Iterator, MutableMapping
@@ -29,6 +30,7 @@ from faust import streams as faust_streams
 from faust.types import TP
 
 from pipeline.core.state import CallState
+from pipeline.worker.produce import BatchSender
 
 log = logging.getLogger(__name__)
 
@@ -76,46 +78,51 @@ class TableStore(MutableMapping[str, CallState]):
         """Calls changed since the last flush."""
         return len(self._changed)
 
-    async def flush(self, producer: Any, event: Any) -> int:
+    async def flush(self, sender: BatchSender, event: Any) -> int:
         """Write each call changed since the last flush to the table's store and to
         the changelog (tombstones for deleted calls); returns how many.
 
-        `event` is a record of this partition: Faust's current event while the store
-        is written, as a RocksDB store picks the partition's database from it.
+        Keys and values are the table's JSON, encoded here rather than through
+        Faust's serializer registry (same decoded values; tests check Faust reads
+        them back). `event` is a record of this partition: Faust's current event
+        while the store is written, as a RocksDB store picks the partition's
+        database from it.
         """
         if not self._changed:
             return 0
         data = self._table.data
-        changelog = self._changelog
-        topic, partition = self._tp
-        sent: asyncio.Future[Any] | None = None
+        partition = self.partition
+        dumps = _dumps
+        records: list[tuple[bytes | None, bytes | None]] = []
         with current_event(event):
             for call_id, state in self._changed.items():
-                key, _ = changelog.prepare_key(call_id, None)
                 if state is None:
                     data.pop(call_id, None)
                     value = None
                 else:
                     record = {"p": partition, "s": state.to_dict()}
                     data[call_id] = record
-                    value, _ = changelog.prepare_value(record, None)
-                sent = await producer.send(topic, key, value, partition, None, None)
-        count = len(self._changed)
+                    value = dumps(record).encode()
+                records.append((dumps(call_id).encode(), value))
         self._changed.clear()
+        sent = await sender.send(self._tp.topic, partition, records)
         if sent is not None:
-            sent.add_done_callback(self._delivered)
-        return count
+            future, count = sent
+            future.add_done_callback(lambda f: self._delivered(f, count))
+        return len(records)
 
-    def _delivered(self, sent: asyncio.Future[Any]) -> None:
+    def _delivered(self, sent: asyncio.Future[Any], count: int) -> None:
         # As Faust's own changelog callback: a persistent (RocksDB) store remembers how
         # far the changelog is applied, so a restart recovers only what came after.
-        # Records of one partition are delivered in order, so the batch's last will do.
-        if sent.cancelled():
+        # A batch's result is its first record's offset; batches of one partition are
+        # delivered in order, so the flush's last batch will do. A failed batch stops
+        # the worker (BatchSender).
+        if sent.cancelled() or sent.exception() is not None:
             return
-        if sent.exception() is not None:
-            log.error("changelog %s[%s] not written: %r", *self._tp, sent.exception())
-            return
-        self._table.data.set_persisted_offset(self._tp, sent.result().offset)
+        self._table.data.set_persisted_offset(self._tp, sent.result().offset + count - 1)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @contextmanager

@@ -20,19 +20,24 @@ from tests.unit.builders import call, make_config
 
 
 class Producer:
-    """Records sends; each send is delivered at the next offset of its partition."""
+    """Stands in for BatchSender: records sends; each call is one batch, delivered at
+    the next offsets of its partition (the result's offset is the batch's first)."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, int]] = []
         self.offsets: dict[int, int] = {}
 
-    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int,
-                   timestamp: float | None, headers: Any) -> asyncio.Future[Any]:
-        self.sent.append((topic, key, value, partition))
-        offset = self.offsets[partition] = self.offsets.get(partition, -1) + 1
+    async def send(
+        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None]]
+    ) -> tuple[asyncio.Future[Any], int] | None:
+        if not records:
+            return None
+        first = self.offsets.get(partition, 0)
+        self.offsets[partition] = first + len(records)
+        self.sent.extend((topic, key, value, partition) for key, value in records)
         delivered = asyncio.get_running_loop().create_future()
-        delivered.set_result(SimpleNamespace(offset=offset))
-        return delivered
+        delivered.set_result(SimpleNamespace(offset=first))
+        return delivered, len(records)
 
 
 class _Event:

@@ -1,0 +1,86 @@
+"""Batched produce on Faust's own producer, with failed deliveries fatal.
+
+The worker writes each batch's CDRs and changed calls as a few record batches per
+topic-partition (aiokafka's `create_batch`/`send_batch`) instead of one
+`Producer.send` per record: one future per batch instead of one per record, and
+none of Faust's per-record send path. The records go through the same
+aiokafka producer, so Faust's commit, which flushes that producer first, still
+commits an offset only after they were delivered.
+
+A batch that cannot be delivered (aiokafka has retried until its request timeout)
+stops the process at once, before Faust's next commit can pass the records that
+made it: a restart then replays them, as after a SIGKILL. Stopping the app the
+graceful way would commit on the way out, and lose them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes | None]  # key, value
+
+# Exit status of a worker that stopped because Kafka did not take its output.
+EXIT_DELIVERY_FAILED = 75
+
+
+def exit_on_failure(topic: str, partition: int, exc: BaseException) -> None:
+    log.critical(
+        "%s[%s]: a record batch was not delivered (%r); stopping now so that no offset "
+        "is committed past its input, which a restart replays", topic, partition, exc,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_DELIVERY_FAILED)
+
+
+class BatchSender:
+    """Sends records to one topic-partition at a time as aiokafka record batches."""
+
+    def __init__(self, producer: Any,
+                 on_failure: Callable[[str, int, BaseException], None] = exit_on_failure) -> None:
+        self._producer = producer  # Faust's aiokafka Producer
+        self._on_failure = on_failure
+
+    async def send(self, topic: str, partition: int,
+                   records: Sequence[Record]) -> tuple[asyncio.Future[Any], int] | None:
+        """Queue `records` in order; returns the last batch's delivery future and how
+        many records that batch holds (its result's offset is the batch's first
+        record's), or None when there was nothing to send."""
+        if not records:
+            return None
+        aio = self._producer._ensure_producer()  # the AIOKafkaProducer, started by Faust
+        batch = aio.create_batch()
+        count = 0
+        sent: asyncio.Future[Any] | None = None
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sent = await self._submit(aio, batch, topic, partition)
+                batch = aio.create_batch()
+                count = 0
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"{topic}[{partition}]: a record of {len(value or b'')} bytes "
+                                     "is larger than the producer's batch size")
+            count += 1
+        sent = await self._submit(aio, batch, topic, partition)
+        return sent, count
+
+    async def _submit(self, aio: Any, batch: Any, topic: str,
+                      partition: int) -> asyncio.Future[Any]:
+        sent: asyncio.Future[Any] = await aio.send_batch(batch, topic, partition=partition)
+        self.watch(sent, topic, partition)
+        return sent
+
+    def watch(self, sent: Awaitable[Any], topic: str, partition: int) -> None:
+        """Treat a failed delivery of `sent` (any send's future) as fatal too."""
+        asyncio.ensure_future(sent).add_done_callback(lambda f: self._check(f, topic, partition))
+
+    def _check(self, sent: asyncio.Future[Any], topic: str, partition: int) -> None:
+        if not sent.cancelled() and sent.exception() is not None:
+            self._on_failure(topic, partition, sent.exception())  # type: ignore[arg-type]

@@ -1,0 +1,99 @@
+"""The worker's batched produce (pipeline.worker.produce) against the real broker:
+records arrive in order on the asked partition, split into batches when they do
+not fit one, the returned future and count name the last record's offset, and a
+batch the broker refuses reaches the failure handler (which stops the worker)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.worker.produce import BatchSender
+
+pytestmark = pytest.mark.integration
+
+
+class _FaustProducer:
+    """What BatchSender needs of Faust's producer: the started aiokafka producer."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+
+    def _ensure_producer(self) -> AIOKafkaProducer:
+        return self._producer
+
+
+def _consume(bootstrap: str, topic: str, partition: int,
+             count: int) -> list[tuple[int, bytes, bytes]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-check",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, partition, 0)])
+    got: list[tuple[int, bytes, bytes]] = []
+    try:
+        for _ in range(60):
+            for msg in consumer.consume(num_messages=count, timeout=1.0):
+                assert msg.error() is None, msg.error()
+                got.append((msg.offset(), msg.key(), msg.value()))
+            if len(got) >= count:
+                break
+    finally:
+        consumer.close()
+    return got
+
+
+async def _send(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]],
+                on_failure: Callable[[str, int, BaseException], None], **producer_conf: Any) -> Any:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                **producer_conf)
+    await producer.start()
+    try:
+        sender = BatchSender(_FaustProducer(producer), on_failure)
+        sent = await sender.send(topic, partition, records)
+        assert sent is not None
+        future, count = sent
+        await asyncio.wait([future])
+        await producer.flush()
+        await asyncio.sleep(0)  # the done callbacks run on the next loop pass
+        return future, count
+    finally:
+        await producer.stop()
+
+
+def test_records_arrive_in_order_in_several_batches(kafka_bootstrap: str,
+                                                    unique_topic: Any) -> None:
+    topic = unique_topic("produce", partitions=3)
+    records = [(f"call-{n}".encode(), bytes([n % 251]) * 900) for n in range(60)]
+    failures: list[Any] = []
+    # 16 KiB batches hold about 17 of these records: four batches.
+    future, count = asyncio.run(_send(kafka_bootstrap, topic, 2, records,
+                                      lambda *f: failures.append(f), max_batch_size=16 * 1024))
+    assert failures == []
+    assert count < len(records)  # the last batch holds only the tail
+    assert future.result().offset + count - 1 == len(records) - 1
+    got = _consume(kafka_bootstrap, topic, 2, len(records))
+    assert [(offset, key, value) for offset, key, value in got] == [
+        (n, key, value) for n, (key, value) in enumerate(records)
+    ]
+
+
+def test_nothing_to_send_sends_nothing(kafka_bootstrap: str) -> None:
+    sender = BatchSender(_FaustProducer(None), lambda *f: None)  # type: ignore[arg-type]
+    assert asyncio.run(sender.send("any", 0, [])) is None
+
+
+def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
+                                                     unique_topic: Any) -> None:
+    # The broker refuses batches larger than the topic's max.message.bytes: not retriable.
+    topic = unique_topic("produce-refused", partitions=1, config={"max.message.bytes": "1024"})
+    failures: list[tuple[str, int, BaseException]] = []
+    future, _ = asyncio.run(_send(kafka_bootstrap, topic, 0, [(b"k", bytes(range(256)) * 16)],
+                                  lambda *f: failures.append(f)))
+    assert future.exception() is not None
+    assert [(t, p) for t, p, _ in failures] == [(topic, 0)]
+    assert isinstance(failures[0][2], MessageSizeTooLargeError)
