@@ -115,9 +115,18 @@ def encode_cdr(cdr: RatedCdr) -> bytes:
 
 
 def decode_cdr(data: bytes) -> RatedCdr:
-    record = _decode(RATED_CDR, data)
+    record = decode_cdr_record(data)
     record["flags"] = tuple(record.get("flags") or ())
     return RatedCdr(**record)
+
+
+def decode_cdr_record(data: bytes) -> dict[str, Any]:
+    """Decode a RatedCdr message to the Avro record itself: a dict keyed by the RatedCdr
+    field names with the Avro types (enums as their symbols, money as Decimal at the
+    schema's scale, `flags` a list). For consumers that go straight to columns (the
+    ClickHouse sink, `cdr_store.cdr_row`) and need no RatedCdr tuple; `decode_cdr` is
+    this plus the tuple. Raises InvalidEvent like `decode_cdr`."""
+    return _decode(RATED_CDR, data)
 
 
 # -- watermark ticks ---------------------------------------------------------------

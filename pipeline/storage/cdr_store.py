@@ -25,7 +25,8 @@ import enum
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -367,8 +368,9 @@ def insert_cdrs(
 ) -> None:
     """Insert one batch of CDR versions into `<database>.cdr` (columnar).
 
-    Pass `dedup_token=dedup_token_for(rows)` (the sink does): on servers with
-    insert deduplication a retry of the same batch is then dropped. Without
+    Pass a deterministic token such as `dedup_token_for(rows)`: on servers with
+    insert deduplication a retry of the same batch is then dropped (the sink, which
+    takes the `insert_cdr_rows` path, derives its token from `row_digest`). Without
     a token a retry is stored again (inserted_at differs, so even the
     data-hash deduplication of current servers does not catch it); reads
     with FINAL / argMax are still exact."""
@@ -378,6 +380,82 @@ def insert_cdrs(
     data = _columns_for(rows)
     backend.insert_columns(f"{database}.cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
     logger.debug("inserted %s CDR versions into %s.cdr", len(rows), database)
+
+
+# -- prepared rows: the sink's columnar path -----------------------------------------
+# A decoded Avro RatedCdr record (codec.decode_cdr_record) already has the types the
+# schema guarantees: strings are str, longs int, enums their symbols, money Decimal at
+# the schema's scale, non-union fields never null. Such a record goes straight to a
+# tuple in CDR_COLUMNS order (`cdr_row`), and a batch of those to columns with one
+# transpose (`insert_cdr_rows`); only what the Avro types do not bound is checked:
+# version >= 0 (UInt64) and money precision and scale. Rows of any other origin go
+# through `insert_cdrs`, which checks every value.
+
+_ROW_PICK = operator.itemgetter(*(name for name, _ in CDR_COLUMNS))
+_VERSION_INDEX = [name for name, _ in CDR_COLUMNS].index("version")
+_MONEY_INDEXES: list[tuple[int, str]] = [
+    (k, name) for k, (name, _) in enumerate(CDR_COLUMNS) if name in _MONEY_SCALE
+]
+assert CDR_COLUMNS[0][0] == "call_id" and CDR_COLUMNS[1][0] == "version"
+
+
+def cdr_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    """One `cdr` row, values in CDR_COLUMNS order, from a record decoded by
+    `codec.decode_cdr_record` (and only from such a record: the Avro types are
+    trusted). Adds `call_start_ms` (`call_start_of`) and `rerate_run_id` ('' unless
+    the record has one) and stores `answered` as 0/1; `record` is updated in place.
+    Raises KeyError when a RatedCdr field is missing (a record of another schema)."""
+    record["call_start_ms"] = call_start_of(record)
+    record["answered"] = 1 if record["answered"] else 0
+    if not record.get("rerate_run_id"):
+        record["rerate_run_id"] = ""
+    return _ROW_PICK(record)  # type: ignore[no-any-return]
+
+
+def row_digest(rows: Iterable[Sequence[Any]]) -> str:
+    """sha256 of the sorted (call_id, version) pairs of `cdr_row` rows: a batch's
+    content identity for its deduplication token (order-independent; CDRs are
+    deterministic, so equal pairs mean equal rows)."""
+    digest = hashlib.sha256()
+    for call_id, version in sorted(row[:2] for row in rows):
+        digest.update(f"{call_id}\x00{version}\n".encode())
+    return digest.hexdigest()
+
+
+def insert_cdr_rows(
+    backend: ClickHouseBackend,
+    rows: Sequence[tuple[Any, ...]],
+    dedup_token: str | None,
+    database: str = "cdr",
+) -> None:
+    """Insert `cdr_row` rows into `<database>.cdr` (columnar), like `insert_cdrs`.
+
+    A version below 0 or an amount that does not fit its Decimal column raises
+    StorageError naming the CDR, before anything is sent."""
+    check_identifier(database, "database name")
+    if not rows:
+        return
+    data = list(zip(*rows, strict=True))
+    if len(data) != len(CDR_COLUMNS):
+        raise StorageError(f"a CDR row has {len(data)} values, not {len(CDR_COLUMNS)}")
+    _check_row_columns(data)
+    backend.insert_columns(f"{database}.cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
+    logger.debug("inserted %s CDR versions into %s.cdr", len(rows), database)
+
+
+def _check_row_columns(data: Sequence[Sequence[Any]]) -> None:
+    """The range checks the Avro types leave open, column by column."""
+    versions = data[_VERSION_INDEX]
+    if min(versions) < 0:
+        k = next(k for k, v in enumerate(versions) if v < 0)
+        raise StorageError(f"CDR {data[0][k]!r}: version={versions[k]} out of range for UInt64")
+    for index, name in _MONEY_INDEXES:
+        limit, scale = _LIMIT[name], -_MONEY_SCALE[name]
+        for k, amount in enumerate(data[index]):
+            if amount is not None and (
+                not -limit < amount < limit or amount.as_tuple().exponent < scale
+            ):
+                _money(name, amount, data[0][k])  # raises unless only trailing zeros
 
 
 def fetch_newest(

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.codec import decode_cdr_record, encode_cdr
+from pipeline.core.cdr import RatedCdr
 from pipeline.storage import (
     CDR_FIELDS,
     MigrationError,
@@ -26,7 +28,13 @@ from pipeline.storage import (
     migrate,
 )
 from pipeline.storage.backend import ClickHouseBackend
-from pipeline.storage.cdr_store import column_types_for
+from pipeline.storage.cdr_store import (
+    CDR_COLUMNS,
+    cdr_row,
+    column_types_for,
+    insert_cdr_rows,
+    row_digest,
+)
 from pipeline.storage.migrate import load_migrations, schema_dir
 
 pytestmark = pytest.mark.integration
@@ -490,6 +498,52 @@ def test_money_must_be_decimal(storage_backend: ClickHouseBackend, db: str) -> N
         del row["tariff_version"]
         insert_cdrs(storage_backend, [row], None, database=db)
     assert raw_count(storage_backend, db) == 0
+
+
+def avro_rows(batch: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The sink's path: each CDR as a Kafka message, decoded to a `cdr` row."""
+    cdrs = [RatedCdr(**{**r, "flags": tuple(r["flags"])}) for r in batch]
+    return [cdr_row(decode_cdr_record(encode_cdr(c))) for c in cdrs]
+
+
+def test_avro_rows_are_stored_exactly(storage_backend: ClickHouseBackend, db: str) -> None:
+    batch = sample_batch()
+    rows = avro_rows(batch)
+    insert_cdr_rows(storage_backend, rows, row_digest(rows), database=db)
+    stored = fetch_newest(storage_backend, database=db, extra_columns=("call_start_ms",))
+    by_id = {r["call_id"]: r for r in stored}
+    assert sorted(by_id) == sorted(r["call_id"] for r in batch)
+    for original in batch:
+        back = by_id[original["call_id"]]
+        for field in CDR_FIELDS:
+            assert back[field] == original[field], field
+            if original[field] is None:
+                assert back[field] is None, field
+    assert by_id["call-month-edge"]["fee"] == Decimal("999999999999.999999")
+    assert by_id["call-month-edge"]["rate_per_min"] == Decimal("9999999999.99999999")
+    assert by_id["call-month-edge"]["call_start_ms"] == JAN_31_LAST_SECOND_MS
+    setup_missing = by_id["call-setup-missing"]
+    assert setup_missing["call_start_ms"] == setup_missing["answer_ts_ms"]
+
+
+def test_avro_rows_out_of_range_are_refused_before_sending(
+    storage_backend: ClickHouseBackend, db: str
+) -> None:
+    def row(**overrides: Any) -> tuple[Any, ...]:
+        (good,) = avro_rows([cdr("c")])
+        named = dict(zip((name for name, _ in CDR_COLUMNS), good, strict=True))
+        named.update(overrides)
+        return tuple(named.values())
+
+    with pytest.raises(StorageError, match="does not fit Decimal"):
+        insert_cdr_rows(storage_backend, [row(fee=Decimal("1000000000000"))], None, db)
+    with pytest.raises(StorageError, match="decimal places"):
+        insert_cdr_rows(storage_backend, [row(cost=Decimal("0.1234567"))], None, db)
+    with pytest.raises(StorageError, match="out of range for UInt64"):
+        insert_cdr_rows(storage_backend, [row(), row(version=-1)], None, db)
+    assert raw_count(storage_backend, db) == 0
+    insert_cdr_rows(storage_backend, [row(fee=Decimal("0.1000000"))], None, db)  # zeros only
+    assert raw_count(storage_backend, db) == 1
 
 
 def test_unreachable_server_is_storage_unavailable() -> None:
