@@ -5,9 +5,11 @@ with `row=None` for a record that produced no row (sent to the dead-letter topic
 a tombstone). Offsets of such records still have to be committed, so the batcher
 tracks, per (topic, partition), the first and last offset it has seen besides the
 rows. A batch is due when it holds `max_rows` rows or when its oldest record has
-waited `max_age_s` on the monotonic clock the caller passes in. `take()` hands the
-batch out and forgets it; committing `Batch.commit_offsets` (last offset + 1 per
-partition) after a successful insert is the caller's job.
+waited `max_age_s` on the monotonic clock the caller passes in; a caller that has read
+everything there is may also take a partial batch early, at most once per `max_age_s`
+(`may_take_early`), which bounds the rate of small inserts the same way the age rule
+does. `take()` hands the batch out and forgets it; committing `Batch.commit_offsets`
+(last offset + 1 per partition) after a successful insert is the caller's job.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Batcher(Generic[T]):
         self._pending: dict[PartitionKey, _Pending[T]] = {}
         self._rows = 0
         self._started: float | None = None  # monotonic time of the oldest pending record
+        self._last_partial: float | None = None  # when the last partial batch was taken
 
     def __len__(self) -> int:
         """Rows pending."""
@@ -126,9 +129,10 @@ class Batcher(Generic[T]):
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _Pending(offset, offset)
-        else:
-            pending.first = min(pending.first, offset)
-            pending.last = max(pending.last, offset)
+        elif offset > pending.last:
+            pending.last = offset
+        elif offset < pending.first:
+            pending.first = offset
         if row is not None:
             pending.rows.append(row)
             self._rows += 1
@@ -145,6 +149,16 @@ class Batcher(Generic[T]):
             return False
         return self._rows >= self.max_rows or self.age(now) >= self.max_age_s
 
+    def may_take_early(self, now: float) -> bool:
+        """Whether a partial batch may be taken before it is due: rows are pending and no
+        partial batch (fewer than `max_rows` rows, at least one) was taken in the last
+        `max_age_s`. For a caller that has read all there is to read: it stores the rows
+        at once instead of waiting for more that are not coming, and still makes at most
+        one small insert per `max_age_s`."""
+        if self._rows == 0:
+            return False
+        return self._last_partial is None or now - self._last_partial >= self.max_age_s
+
     def time_until_due(self, now: float) -> float | None:
         """Seconds until the batch is due by age (0 if due), None when empty."""
         if self.empty:
@@ -153,16 +167,22 @@ class Batcher(Generic[T]):
             return 0.0
         return max(0.0, self.max_age_s - self.age(now))
 
-    def take(self, partitions: Iterable[PartitionKey] | None = None) -> Batch[T] | None:
+    def take(
+        self, partitions: Iterable[PartitionKey] | None = None, now: float | None = None
+    ) -> Batch[T] | None:
         """Hand out the pending records (only those of `partitions` if given) and forget
-        them; None when there are none."""
+        them; None when there are none. With `now`, a partial batch taken counts for
+        `may_take_early`."""
         keys = list(self._pending) if partitions is None else [
             k for k in partitions if k in self._pending
         ]
         if not keys:
             return None
         taken = {k: self._pending.pop(k) for k in keys}
-        self._rows -= sum(len(p.rows) for p in taken.values())
+        rows = sum(len(p.rows) for p in taken.values())
+        self._rows -= rows
+        if now is not None and 0 < rows < self.max_rows:
+            self._last_partial = now
         if not self._pending:
             self._started = None
         return Batch(

@@ -22,11 +22,10 @@ Failure handling:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,18 +39,20 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.codec import decode_cdr
-from pipeline.core.cdr import RatedCdr
+from pipeline.codec import decode_cdr_record
 from pipeline.errors import InvalidEvent, PipelineError
 from pipeline.sink import metrics
 from pipeline.sink.batcher import Batch, Batcher, PartitionKey
 from pipeline.storage.backend import ClickHouseBackend
-from pipeline.storage.cdr_store import insert_cdrs
+from pipeline.storage.cdr_store import cdr_row, insert_cdr_rows, row_digest
 from pipeline.storage.errors import StorageError, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 Stop = threading.Event | Callable[[], bool]
+
+CdrRow = tuple[Any, ...]
+"""A `cdr` table row in CDR_COLUMNS order (`cdr_store.cdr_row`): what the sink batches."""
 
 # dead-letter record headers
 H_REASON = "reason"
@@ -77,6 +78,7 @@ class SinkConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     poll_timeout_s: float = 0.5  # longest single consume() wait: bounds stop latency
+    fetch_wait_s: float = 0.02  # consume() wait while records are flowing or rows pending
     lag_interval_s: float = 5.0
     idle_check_s: float = 0.2  # how often caught-up is checked while nothing is pending
     max_poll_interval_ms: int = 300_000
@@ -117,15 +119,6 @@ def _where(msg: Message) -> str:
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
 
 
-def _content_digest(rows: Sequence[RatedCdr]) -> str:
-    """sha256 of the sorted (call_id, version) pairs: what `dedup_token_for` hashes,
-    read straight from the RatedCdr tuples (a few times cheaper per row)."""
-    digest = hashlib.sha256()
-    for call_id, version in sorted((r.call_id, r.version) for r in rows):
-        digest.update(f"{call_id}\x00{version}\n".encode())
-    return digest.hexdigest()
-
-
 def _coords(msg: Message) -> tuple[PartitionKey, int]:
     """(topic, partition), offset of a consumed (non-error) message."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -154,11 +147,11 @@ class SinkService:
         self.backend = backend
         self.stats = SinkStats()
         self._clock = clock
-        self._batcher: Batcher[RatedCdr] = Batcher(config.batch_rows, config.batch_seconds)
+        self._batcher: Batcher[CdrRow] = Batcher(config.batch_rows, config.batch_seconds)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._assigned: set[PartitionKey] = set()
-        self._inflight: Batch[RatedCdr] | None = None  # taken, not yet stored
+        self._inflight: Batch[CdrRow] | None = None  # taken, not yet stored
         self._held: list[Message] = []  # delivered while paused; handled after resuming
         self._uncommitted: dict[PartitionKey, int] = {}  # stored, commit failed: retried
         self._paused = False
@@ -173,6 +166,8 @@ class SinkService:
         self._dlq_failures: list[str] = []
         self._next_lag = 0.0
         self._next_idle_check = 0.0
+        self._drained = False  # the last consume() returned fewer records than asked
+        self._flowing = False  # the last consume() returned as many as asked
         self._idle_since: float | None = None
         self._started = False
         self._m_labels = {"topic": config.topic}
@@ -344,26 +339,40 @@ class SinkService:
             messages, self._held = self._held, []
         else:
             messages = self._consume(self._consume_timeout())
-        for msg in messages:
-            self._handle(msg)
         now = self._clock()
-        if self._batcher.due(now):
-            self._flush(self._batcher.take())
+        for msg in messages:
+            self._handle(msg, now)
+        now = self._clock()
+        if self._batcher.due(now) or (
+            self._drained and self._batcher.may_take_early(now) and self._caught_up()
+        ):
+            self._flush(self._batcher.take(now=now))
         self._watch_progress(now)
 
     def _consume_timeout(self) -> float:
-        until_due = self._batcher.time_until_due(self._clock())
+        """Wait long (poll_timeout_s) only when idle; while records are flowing or rows
+        are pending, come back soon to flush a batch once all there is has been read."""
+        now = self._clock()
+        until_due = self._batcher.time_until_due(now)
         if until_due is None:
-            return self.config.poll_timeout_s
-        return max(0.0, min(self.config.poll_timeout_s, until_due))
+            return self.config.fetch_wait_s if self._flowing else self.config.poll_timeout_s
+        wait = min(self.config.poll_timeout_s, until_due)
+        if self._batcher.may_take_early(now):
+            wait = min(wait, self.config.fetch_wait_s)
+        return max(0.0, wait)
 
     def _consume(self, timeout: float) -> list[Message]:
+        """Up to what completes the batch; `_drained` tells whether the client ran out of
+        fetched records before that (the cue to check for caught-up), `_flowing` whether
+        it did not (more are probably there)."""
         assert self._consumer is not None
         want = max(1, min(self.config.batch_rows - len(self._batcher), 10_000))
         messages = self._consumer.consume(num_messages=want, timeout=timeout)
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
             raise fatal
+        self._drained = len(messages) < want
+        self._flowing = bool(messages) and not self._drained
         return [m for m in messages if self._usable(m)]
 
     def _usable(self, msg: Message) -> bool:
@@ -380,16 +389,15 @@ class SinkService:
             return False
         return True
 
-    def _handle(self, msg: Message) -> None:
+    def _handle(self, msg: Message, now: float) -> None:
         key, offset = _coords(msg)
         value = msg.value()
-        now = self._clock()
         if value is None:
             log.debug("%s: tombstone (null value), skipped", _where(msg))
             self._batcher.add(key, offset, None, now)
             return
         try:
-            cdr = decode_cdr(value)
+            row = cdr_row(decode_cdr_record(value))
         except InvalidEvent as exc:
             self._dead_letter(msg, exc.reason, exc.category)
             self._batcher.add(key, offset, None, now)
@@ -398,11 +406,11 @@ class SinkService:
             self._dead_letter(msg, f"{type(exc).__name__}: {exc}", "undecodable")
             self._batcher.add(key, offset, None, now)
             return
-        self._batcher.add(key, offset, cdr, now)
+        self._batcher.add(key, offset, row, now)
 
     # ------------------------------------------------------------------ inserting
 
-    def _flush(self, batch: Batch[RatedCdr] | None) -> None:
+    def _flush(self, batch: Batch[CdrRow] | None) -> None:
         if batch is None:
             return
         self._inflight = batch
@@ -432,13 +440,13 @@ class SinkService:
             self._resume()
         return True
 
-    def _insert(self, batch: Batch[RatedCdr]) -> None:
+    def _insert(self, batch: Batch[CdrRow]) -> None:
         rows = batch.rows
         if not rows:
             return  # only dead-lettered records or tombstones: nothing to store
-        token = batch.token(_content_digest(rows))
+        token = batch.token(row_digest(rows))
         started = time.perf_counter()
-        insert_cdrs(self.backend, rows, token, database=self.config.database)
+        insert_cdr_rows(self.backend, rows, token, database=self.config.database)
         elapsed = time.perf_counter() - started
         self.stats.rows_inserted += len(rows)
         self.stats.batches += 1
@@ -450,7 +458,7 @@ class SinkService:
         log.debug("inserted %s rows from %s in %.3fs (token %s)",
                   len(rows), batch.describe(), elapsed, token[:12])
 
-    def _on_outage(self, batch: Batch[RatedCdr], exc: StorageUnavailable) -> None:
+    def _on_outage(self, batch: Batch[CdrRow], exc: StorageUnavailable) -> None:
         self.stats.insert_retries += 1
         metrics.INSERT_RETRIES.labels(**self._m_labels).inc()
         delay = self._backoff
@@ -465,12 +473,15 @@ class SinkService:
 
     def _watch_progress(self, now: float) -> None:
         """Refresh the lag gauges (every lag_interval_s) and the idle state (every
-        idle_check_s while nothing is pending) from cached watermarks."""
+        idle_check_s while nothing is pending and the last consume() came back short)
+        from cached watermarks. Not while records are flowing: a partition that has
+        delivered nothing yet costs broker round trips."""
         pending = self._inflight is not None or bool(self._held) or not self._batcher.empty
         if pending or not self._assigned:
             self._idle_since = None
         lag_due = now >= self._next_lag
-        idle_due = not pending and bool(self._assigned) and now >= self._next_idle_check
+        idle_due = (not pending and self._drained and bool(self._assigned)
+                    and now >= self._next_idle_check)
         if not (lag_due or idle_due):
             return
         ends = self._end_state()
@@ -481,9 +492,7 @@ class SinkService:
                     max(0, high - pos))
         if idle_due:
             self._next_idle_check = now + self.config.idle_check_s
-            caught_up = len(ends) == len(self._assigned) and all(
-                pos >= high for pos, high in ends.values())
-            if not caught_up:
+            if not self._read_to_end(ends):
                 self._idle_since = None
             elif self._idle_since is None:
                 self._idle_since = now
@@ -544,7 +553,7 @@ class SinkService:
 
     # ------------------------------------------------------------------ commits
 
-    def _commit_batch(self, batch: Batch[RatedCdr]) -> None:
+    def _commit_batch(self, batch: Batch[CdrRow]) -> None:
         """Commit after a successful insert; dead-letter records of the batch must be
         durably on the DLQ before their offsets are committed."""
         self._flush_dlq(raise_on_failure=True)
@@ -642,6 +651,9 @@ class SinkService:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {_tp_key(tp) for tp in partitions}
         self._assigned |= keys
+        # First lag refresh one interval later: a partition that has delivered nothing
+        # yet has no position, and reading its committed offset costs round trips.
+        self._next_lag = self._clock() + self.config.lag_interval_s
         self._next_idle_check = 0.0
         self._idle_since = None
         self._resume_assigned = self._ever_paused and self._inflight is None
@@ -695,6 +707,15 @@ class SinkService:
 
     # ------------------------------------------------------------------ lag
 
+    def _caught_up(self) -> bool:
+        """Whether every assigned partition has been read to its high watermark (the one
+        cached from the last fetch): nothing more to batch for now."""
+        return self._read_to_end(self._end_state())
+
+    def _read_to_end(self, ends: dict[PartitionKey, tuple[int, int]]) -> bool:
+        return bool(ends) and len(ends) == len(self._assigned) and all(
+            pos >= high for pos, high in ends.values())
+
     def _end_state(self) -> dict[PartitionKey, tuple[int, int]]:
         """(position, high watermark) per assigned partition. The watermark is the one
         cached from the last fetch (no round trip), asked from the broker only when
@@ -738,7 +759,7 @@ class SinkService:
         return (low, high) if low >= 0 and high >= 0 else None
 
 
-def _rejected(batch: Batch[RatedCdr], exc: StorageError) -> SinkError:
+def _rejected(batch: Batch[CdrRow], exc: StorageError) -> SinkError:
     """Log a non-transient storage failure and make the error that stops the sink."""
     log.error(
         "insert of %s rows from %s failed with ClickHouse code %s: %s; stopping the sink "

@@ -553,17 +553,25 @@ def test_stopping_flushes_and_commits_what_is_batched(
     database: str,
 ) -> None:
     topic, dlq = topics
-    produced, newest = make_calls(200, "shutdown")
-    produce_cdrs(kafka_bootstrap, topic, produced)
+    warmup, newest = make_calls(5, "shutdown-warmup")
+    produced, newest_batched = make_calls(200, "shutdown")
+    newest.update(newest_batched)
+    produce_cdrs(kafka_bootstrap, topic, warmup)
+    before = end_offsets(kafka_bootstrap, topic, 3)
     config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100_000,
-                         batch_seconds=3600)  # nothing is due before the stop
+                         batch_seconds=3600)  # nothing is due by rows or age before the stop
     with SinkThread(SinkService(config, clickhouse_native)) as sink:
+        # Caught up, the warm-up rows go in at once; the next partial batch has to wait
+        # batch_seconds for its turn, so it is still batched when the sink stops.
+        wait_for(lambda: sink.service.stats.rows_inserted == len(warmup), 60, "warm-up stored")
+        produce_cdrs(kafka_bootstrap, topic, produced)
         wait_for(lambda: sink.service.pending_rows == len(produced), 60, "all rows batched")
-        assert sink.service.stats.rows_inserted == 0
-        assert all(o < 0 for o in committed_offsets(kafka_bootstrap, config.group, topic, 3)
-                   .values())
+        assert sink.service.stats.rows_inserted == len(warmup)
+        committed = committed_offsets(kafka_bootstrap, config.group, topic, 3)
+        assert {p: o for p, o in committed.items() if o >= 0} == {
+            p: o for p, o in before.items() if o > 0}
         stats = sink.result()
-    assert stats.rows_inserted == len(produced) and stats.batches == 1
+    assert stats.rows_inserted == len(warmup) + len(produced) and stats.batches == 2
     assert_newest_stored(clickhouse_native, database, newest)
     assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
 
@@ -687,3 +695,39 @@ def test_cli_sink_migrates_stores_serves_metrics_and_stops_cleanly_on_sigterm(
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err
     assert f"{len(produced)} rows" in err
+
+
+# ---------------------------------------------------------------- batching
+
+
+def stored_count(backend: ClickHouseBackend, database: str) -> int:
+    (row,) = backend.execute(f"SELECT count() FROM {database}.cdr")
+    return int(row[0])
+
+
+def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_batch_seconds(
+    kafka_bootstrap: str, topics: tuple[str, str], clickhouse_native: ClickHouseBackend,
+    database: str,
+) -> None:
+    """Once everything on the topic is read, a partial batch is stored without waiting
+    for --batch-seconds; the next partial batch within --batch-seconds waits (here
+    until the stop), so small inserts stay at most one per --batch-seconds."""
+    topic, dlq = topics
+    first, _ = make_calls(30, "early-a")
+    second, _ = make_calls(30, "early-b")
+    produce_cdrs(kafka_bootstrap, topic, first)
+    config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100_000,
+                         batch_seconds=3600)  # never due by rows or age in this test
+    with SinkThread(SinkService(config, clickhouse_native)) as sink:
+        wait_for(lambda: stored_count(clickhouse_native, database) == len(first), 30,
+                 "the first burst stored long before its batch is due by age")
+        assert sink.service.stats.batches == 1
+        assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
+        produce_cdrs(kafka_bootstrap, topic, second)
+        wait_for(lambda: sink.service.pending_rows == len(second), 30, "the second burst read")
+        time.sleep(1.0)  # caught up again, but a partial batch went in less than 3600 s ago
+        assert sink.service.stats.batches == 1 and sink.service.pending_rows == len(second)
+        stats = sink.result()
+    assert stats.batches == 2 and stats.rows_inserted == len(first) + len(second)
+    assert stored_count(clickhouse_native, database) == len(first) + len(second)
+    assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)

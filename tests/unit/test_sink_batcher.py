@@ -1,4 +1,4 @@
-"""The sink's batcher: due by rows or age, commit offsets, partial takes, tokens."""
+"""The sink's batcher: due by rows or age, early partial takes, commit offsets, tokens."""
 
 from __future__ import annotations
 
@@ -35,6 +35,31 @@ def test_due_by_age_of_the_oldest_record() -> None:
     assert b.time_until_due(10.5) == pytest.approx(0.5)
     assert b.due(11.0)
     assert b.time_until_due(11.5) == 0.0
+
+
+def test_a_partial_batch_may_be_taken_early_once_per_max_age() -> None:
+    b: Batcher[str] = Batcher(max_rows=3, max_age_s=1.0)
+    assert not b.may_take_early(0.0)  # nothing pending
+    b.add(A0, 0, None, now=0.0)
+    assert not b.may_take_early(0.0)  # a dead letter alone makes no insert
+    b.add(A0, 1, "a", now=0.0)
+    assert b.may_take_early(0.0) and not b.due(0.0)
+    batch = b.take(now=0.0)
+    assert batch is not None and batch.rows == ["a"]
+    b.add(A0, 2, "b", now=0.1)
+    assert not b.may_take_early(0.9)  # a partial batch was taken 0.9 s ago
+    assert b.may_take_early(1.0)
+    assert b.take(now=1.0) is not None
+    for offset, row in enumerate("cde", start=3):  # a full batch does not count
+        b.add(A0, offset, row, now=1.5)
+    assert b.due(1.5)
+    assert b.take(now=1.5) is not None
+    b.add(A0, 6, "f", now=1.6)
+    assert not b.may_take_early(1.6)  # still within 1 s of the partial take at 1.0
+    assert b.may_take_early(2.0)
+    b.take()  # without `now` (revoke, shutdown): does not count
+    b.add(A0, 7, "g", now=2.1)
+    assert b.may_take_early(2.1)
 
 
 def test_records_without_rows_count_for_offsets_and_age_not_rows() -> None:
