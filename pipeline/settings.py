@@ -71,6 +71,8 @@ class WorkerSettings:
     tick_interval_s: float = 0.0  # 0 = no wall-clock ticks (see docs/streaming.md)
     tick_lag_s: float = 30.0
     commit_interval_s: float = 1.0
+    # Longest a fetch waits at the broker for new records (docs/streaming.md, Latency).
+    fetch_wait_ms: int = 100
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     settings = Settings(**parts)
     if settings.kafka.partitions < 1:
         raise ConfigError("kafka.partitions: must be >= 1")
+    if not 1 <= settings.worker.fetch_wait_ms <= 30000:
+        raise ConfigError(f"worker.fetch_wait_ms: must be 1-30000, got {settings.worker.fetch_wait_ms}")
     return settings
 
 

@@ -73,6 +73,9 @@ class BatchSender:
 
     async def _submit(self, aio: Any, batch: Any, topic: str,
                       partition: int) -> asyncio.Future[Any]:
+        # A closed batch is sent at once: a batch still open waits out the producer's
+        # linger first, and the next batch for its partition waits for it.
+        batch.close()
         sent: asyncio.Future[Any] = await aio.send_batch(batch, topic, partition=partition)
         self.watch(sent, topic, partition)
         return sent

@@ -97,3 +97,32 @@ def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
     assert future.exception() is not None
     assert [(t, p) for t, p, _ in failures] == [(topic, 0)]
     assert isinstance(failures[0][2], MessageSizeTooLargeError)
+
+
+def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique_topic: Any) -> None:
+    """The worker shortens the fetch wait Faust fixes at 1500 ms on the live aiokafka
+    fetcher (set_fetch_wait); this fails if an upgrade moves what it sets."""
+    import inspect
+
+    import faust
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import Fetcher
+
+    from pipeline.worker.app import set_fetch_wait
+
+    topic = unique_topic("fetch-wait", partitions=1)
+
+    async def run() -> int:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, fetch_max_wait_ms=1500)
+        await consumer.start()
+        try:
+            app = faust.App("unit-fetch-wait", broker=f"kafka://{kafka_bootstrap}", web_enabled=False)
+            app.consumer._thread._consumer = consumer  # as Faust's consumer thread holds it
+            set_fetch_wait(app.consumer, 100)
+            return int(consumer._fetcher._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(run()) == 100
+    # ... and the fetcher builds every fetch request from that attribute.
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
