@@ -1,6 +1,6 @@
 """Streaming benchmark on the real broker and ClickHouse server (not a test).
 
-    .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
+    .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30] [--latency-only]
 
 Prints, in one run:
   1. the correlator: events/s through one Faust worker, beside the bare chain
@@ -9,7 +9,9 @@ Prints, in one run:
   2. the sink: CDR rows/s through `cdr-pipeline sink`, beside the bare chain
      (consume + decode + clickhouse-driver columnar insert) on the same CDRs;
   3. latency from HANGUP published to CDR queryable in ClickHouse (p50, p99) at a
-     steady event rate, with worker and sink running.
+     steady event rate, with worker and sink running, and the worker's share of it
+     (HANGUP published to CDR appended to the cdrs topic). --latency-only runs
+     just this part.
 Needs the local stack (deploy/local/stack.sh up). Topics and databases it
 creates are deleted at the end.
 """
@@ -17,17 +19,21 @@ creates are deleted at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -194,55 +200,122 @@ def service_sink(prefix: str, topic: str, total: int, backend: Any, database: st
     return (total - first[1]) / max(now - first[0], 1e-9)
 
 
-def latency(prefix: str, rate: float, seconds: float, backend: Any, database: str, workdir: Path) -> list[float]:
-    """Publish at `rate` events/s; per HANGUP, wall time until its CDR is in ClickHouse."""
+def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path) -> LatencyRun:
+    """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
+    until its call's first CDR is on the cdrs topic and until it is in ClickHouse."""
     config = load_config(CONFIG)
     calls = int(rate * seconds / 3.7)
-    items = [i for i in generate(config, calls=calls, switches=4, rate_cps=rate / 3.7, seed=77,
-                                 start_ms=int(time.time() * 1000), faults=FaultMix.none(), final_tick=False)
-             if not isinstance(i, Tick)]
+    # Encoded before the clock starts, so the publisher can hold the rate.
+    records = [(i["call_id"], i["event_type"] == "HANGUP", codec.encode_event_dict(i))
+               for i in generate(config, calls=calls, switches=4, rate_cps=rate / 3.7, seed=77,
+                                 start_ms=int(time.time() * 1000), faults=FaultMix.none(),
+                                 final_tick=False)
+               if not isinstance(i, Tick)]
     worker = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
                      "--data-dir", str(workdir / "faust-lat")], prefix, workdir / "worker-lat.log")
     sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
                    "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", "0.25"], prefix,
                   workdir / "sink-lat.log")
-    time.sleep(15)  # let the worker join its group before traffic starts (startup, not synchronisation of results)
-    hangup_at: dict[str, float] = {}
-    seen_at: dict[str, float] = {}
+    # Traffic starts once both have their partitions: a backlog from start-up is not latency.
+    _wait_assigned(f"{prefix}lat", f"{prefix}call-events", worker)
+    _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", sink)
+    hangup_at: dict[str, float] = {}  # wall clock (epoch s) when each HANGUP was handed to the producer
+    stored_at: dict[str, float] = {}
+    stop = threading.Event()
+    poller = threading.Thread(target=_poll_stored, args=(database, stored_at, stop), daemon=True)
+    poller.start()
     producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "acks": "all",
                          "linger.ms": 5, "partitioner": "murmur2_random"})
     topic = f"{prefix}call-events"
     started = time.perf_counter()
-    last_poll = started
-    for n, item in enumerate(items):
-        due = started + n / rate
-        while (now := time.perf_counter()) < due:
-            if now - last_poll > 0.1:
-                _poll_seen(backend, database, seen_at)
-                last_poll = now
-            else:
-                producer.poll(min(due - now, 0.01))
-        producer.produce(topic, key=item["call_id"].encode(), value=codec.encode_event_dict(item))
-        if item["event_type"] == "HANGUP":
-            hangup_at.setdefault(item["call_id"], time.perf_counter())
+    sent = 0
+    while sent < len(records):
+        # Every millisecond or so, whatever is due by then: a steady rate without a
+        # busy loop (a poll shorter than librdkafka's 1 ms resolution returns at once).
+        due = min(len(records), int((time.perf_counter() - started) * rate) + 1)
+        for call_id, is_hangup, value in records[sent:due]:
+            producer.produce(topic, key=call_id.encode(), value=value)
+            if is_hangup:
+                hangup_at.setdefault(call_id, time.time())
+        sent = due
+        producer.poll(0.001)
+    achieved = len(records) / (time.perf_counter() - started)
     producer.flush(30)
-    deadline = time.perf_counter() + 30
-    while time.perf_counter() < deadline and not set(hangup_at) <= set(seen_at):
-        _poll_seen(backend, database, seen_at)
-        time.sleep(0.1)  # polling ClickHouse for arrivals
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(stored_at) < len(hangup_at):
+        time.sleep(0.1)  # waiting for the poller thread to see the last calls
+    stop.set()
+    poller.join()
     _stop(worker)
     _stop(sink)
-    achieved = len(items) / (time.perf_counter() - started)
-    print(f"  published {len(items)} events at {achieved:,.0f}/s (target {rate:,.0f}/s)")
-    return sorted(seen_at[c] - t for c, t in hangup_at.items() if c in seen_at)
+    on_topic = _first_cdr_times(f"{prefix}cdrs", set(hangup_at))
+    with (workdir / "latency.json").open("w") as out:  # for a closer look: per call, in publish order
+        json.dump([{"call_id": c, "hangup_at": t, "on_topic": on_topic.get(c), "stored": stored_at.get(c)}
+                   for c, t in sorted(hangup_at.items(), key=lambda kv: kv[1])], out)
+    return LatencyRun(
+        published=len(records), achieved_rate=achieved,
+        to_topic=sorted(on_topic[c] - t for c, t in hangup_at.items() if c in on_topic),
+        to_clickhouse=sorted(stored_at[c] - t for c, t in hangup_at.items() if c in stored_at),
+        calls=len(hangup_at),
+    )
 
 
-def _poll_seen(backend: Any, database: str, seen_at: dict[str, float]) -> None:
-    now = time.perf_counter()
-    for (call_id,) in backend.execute(
-        f"SELECT DISTINCT call_id FROM {database}.cdr WHERE inserted_at >= now() - 10"
-    ):
-        seen_at.setdefault(call_id, now)
+def _wait_assigned(group: str, topic: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    """Until the consumer group is stable with every partition of `topic` assigned."""
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{group}: the process exited ({proc.returncode}) before it was assigned")
+        (described,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        try:
+            info = described.result()
+        except KafkaException:
+            info = None  # the group does not exist yet
+        if info is not None and info.state == ConsumerGroupState.STABLE:
+            owned = {tp.partition for m in info.members for tp in m.assignment.topic_partitions
+                     if tp.topic == topic}
+            if owned == set(range(PARTITIONS)):
+                return
+        time.sleep(0.2)  # polling the group coordinator
+    raise SystemExit(f"{group}: not assigned all of {topic} within {timeout_s:.0f} s")
+
+
+@dataclass
+class LatencyRun:
+    published: int
+    achieved_rate: float
+    calls: int
+    to_topic: list[float]  # seconds, HANGUP handed to the producer -> CDR appended by the worker
+    to_clickhouse: list[float]  # seconds, HANGUP handed to the producer -> CDR seen in ClickHouse
+
+
+def _poll_stored(database: str, stored_at: dict[str, float], stop: threading.Event) -> None:
+    """Every 50 ms, note the calls whose CDR is newly queryable (own connection: a thread)."""
+    backend, _ = open_backend(CH_URL + database)
+    while not stop.is_set():
+        now = time.time()
+        for (call_id,) in backend.execute(
+            f"SELECT call_id FROM {database}.cdr WHERE inserted_at >= toDateTime({int(now) - 2})"
+        ):
+            stored_at.setdefault(call_id, now)
+        stop.wait(0.05)
+
+
+def _first_cdr_times(topic: str, calls: set[str]) -> dict[str, float]:
+    """Per call, the record timestamp (epoch s) of its first CDR on `topic`."""
+    consumer = _consumer(f"bench-lat-{uuid.uuid4().hex[:6]}")
+    _assign_all(consumer, topic)
+    first: dict[str, float] = {}
+    idle = 0
+    while idle < 3 and len(first) < len(calls):
+        msgs = consumer.consume(num_messages=5000, timeout=1.0)
+        idle = 0 if msgs else idle + 1
+        for msg in msgs:
+            if msg.error() is None:
+                first.setdefault(msg.key().decode(), msg.timestamp()[1] / 1000)
+    consumer.close()
+    return first
 
 
 def main() -> None:
@@ -250,6 +323,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
     ap.add_argument("--latency-s", type=float, default=30.0)
+    ap.add_argument("--latency-only", action="store_true", help="skip the two throughput runs")
     args = ap.parse_args()
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
@@ -264,35 +338,40 @@ def main() -> None:
     for db in dbs:
         migrate(backend, db)
     try:
-        config = load_config(CONFIG)
-        items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
-                              start_ms=1_764_000_000_000, faults=FaultMix()))
-        with SwitchPublisher(BOOTSTRAP, f"{prefix}call-events") as pub:
-            publish(items, pub)
-        total = _end_offsets(f"{prefix}call-events")
-        print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
+        if not args.latency_only:
+            config = load_config(CONFIG)
+            items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
+                                  start_ms=1_764_000_000_000, faults=FaultMix()))
+            with SwitchPublisher(BOOTSTRAP, f"{prefix}call-events") as pub:
+                publish(items, pub)
+            total = _end_offsets(f"{prefix}call-events")
+            print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
 
-        bare_rate, cdrs = bare_correlator(f"{prefix}call-events", bare_dst, total)
-        faust_rate = faust_correlator(prefix, total, cdrs, workdir)
-        print("correlator (one process):")
-        print(f"  bare chain (consume+decode+core+encode+produce) {bare_rate:>10,.0f} events/s")
-        print(f"  Faust worker                                    {faust_rate:>10,.0f} events/s"
-              f"   = {faust_rate / bare_rate:.2f} x bare (goal >= 0.33)")
+            bare_rate, cdrs = bare_correlator(f"{prefix}call-events", bare_dst, total)
+            faust_rate = faust_correlator(prefix, total, cdrs, workdir)
+            print("correlator (one process):")
+            print(f"  bare chain (consume+decode+core+encode+produce) {bare_rate:>10,.0f} events/s")
+            print(f"  Faust worker                                    {faust_rate:>10,.0f} events/s"
+                  f"   = {faust_rate / bare_rate:.2f} x bare (goal >= 0.33)")
 
-        bare_sink_rate = bare_sink(f"{prefix}cdrs", cdrs, backend, dbs[0])
-        sink_rate = service_sink(prefix, f"{prefix}cdrs", cdrs, backend, dbs[1], workdir)
-        print(f"sink ({cdrs} CDR versions):")
-        print(f"  bare chain (consume+decode+columnar insert)     {bare_sink_rate:>10,.0f} rows/s")
-        print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
-              f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
+            bare_sink_rate = bare_sink(f"{prefix}cdrs", cdrs, backend, dbs[0])
+            sink_rate = service_sink(prefix, f"{prefix}cdrs", cdrs, backend, dbs[1], workdir)
+            print(f"sink ({cdrs} CDR versions):")
+            print(f"  bare chain (consume+decode+columnar insert)     {bare_sink_rate:>10,.0f} rows/s")
+            print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
+                  f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
 
-        lat = latency(prefix + "l", args.rate, args.latency_s, backend, dbs[2], workdir) \
-            if ensure_topics(BOOTSTRAP, default_topic_specs(prefix + "l", PARTITIONS, 1)) is not None else []
-        if lat:
-            p50 = statistics.median(lat)
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            print(f"latency HANGUP published -> CDR in ClickHouse ({len(lat)} calls): "
-                  f"p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms (goal p99 < 2000 ms)")
+        ensure_topics(BOOTSTRAP, default_topic_specs(prefix + "l", PARTITIONS, 1))
+        lat = latency(prefix + "l", args.rate, args.latency_s, dbs[2], workdir)
+        print(f"latency at {args.rate:,.0f} events/s: published {lat.published} events at "
+              f"{lat.achieved_rate:,.0f}/s, {lat.calls} calls")
+        for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
+                              ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
+            if values:
+                p50 = statistics.median(values)
+                p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+                print(f"  {label}: p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms, "
+                      f"{len(values)} of {lat.calls} calls (goal p99 < 2000 ms)")
     finally:
         for db in dbs:
             backend.execute(f"DROP DATABASE IF EXISTS {db}")
