@@ -36,7 +36,7 @@ from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
 from pipeline.settings import Settings
 from pipeline.worker import metrics
-from pipeline.worker.lean import LeanMonitor, RawRecords
+from pipeline.worker.lean import LeanMonitor, RawRecords, deliver_without_tasks
 from pipeline.worker.produce import BatchSender, Record
 from pipeline.worker.table_store import TableStore
 
@@ -228,6 +228,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         forget_read_offsets(app.consumer, {tp for tp in assigned if tp.topic == kafka.call_events})
         ignore_gaps(app.consumer, kafka.call_events)
         set_fetch_wait(app.consumer, worker.fetch_wait_ms)
+        deliver_without_tasks(app.consumer)
 
     events_in = metrics.EVENTS_IN.labels("event")
     ticks_in = metrics.EVENTS_IN.labels("tick")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from pathlib import Path
 
 import faust
+import pytest
 from faust.types import TP, Message
+from mode import Service
 
-from pipeline.worker.lean import LeanMonitor, RawRecords
+from pipeline.worker.lean import LeanMonitor, RawRecords, deliver_without_tasks
 
 
 def test_raw_records_hand_over_key_and_value_as_the_bytes_they_are() -> None:
@@ -44,3 +47,110 @@ def test_the_worker_app_uses_both() -> None:
     topic = app.correlate_agent.channel
     assert isinstance(topic.schema, RawRecords)
     assert topic.get_topic_name() == settings.kafka.call_events
+
+
+class _Consumer(Service):
+    """A mode Service, as Faust's consumer is: the real wait_first to wrap."""
+
+
+async def _started() -> _Consumer:
+    consumer = _Consumer()
+    deliver_without_tasks(consumer)
+    return consumer
+
+
+def test_a_delivery_that_finishes_at_once_needs_no_task() -> None:
+    async def scenario() -> None:
+        consumer = await _started()
+        ran = []
+
+        async def deliver() -> str:
+            ran.append("deliver")
+            return "delivered"
+
+        async def suspended() -> None:
+            ran.append("suspended")  # must never start
+
+        tasks_before = len(asyncio.all_tasks())
+        result = await consumer.wait_first(deliver(), suspended())
+        assert (result.results, result.stopped, ran) == (["delivered"], False, ["deliver"])
+        assert len(asyncio.all_tasks()) == tasks_before
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "coroutine ... was never awaited" would fail
+        asyncio.run(scenario())
+
+
+def test_a_blocked_delivery_still_gives_way_to_a_suspended_flow() -> None:
+    async def scenario() -> None:
+        consumer = await _started()
+        room = asyncio.Event()  # a full stream buffer
+        suspend_flow = asyncio.Event()
+        outcome: list[str] = []
+
+        async def deliver() -> str:
+            try:
+                await room.wait()
+            except asyncio.CancelledError:
+                outcome.append("abandoned")
+                raise
+            return "delivered"
+
+        waiting = asyncio.ensure_future(consumer.wait_first(deliver(), suspend_flow.wait()))
+        await asyncio.sleep(0)
+        suspend_flow.set()
+        result = await waiting
+        assert result.results == [True] and not result.stopped  # Event.wait() returns True
+        assert outcome == ["abandoned"]
+
+    asyncio.run(scenario())
+
+
+def test_a_blocked_delivery_finishes_when_there_is_room() -> None:
+    async def scenario() -> None:
+        consumer = await _started()
+        room = asyncio.Event()
+
+        async def deliver() -> str:
+            await room.wait()
+            await asyncio.sleep(0)
+            return "delivered"
+
+        waiting = asyncio.ensure_future(consumer.wait_first(deliver(), asyncio.Event().wait()))
+        await asyncio.sleep(0)
+        room.set()
+        assert (await waiting).results == ["delivered"]
+
+    asyncio.run(scenario())
+
+
+def test_an_error_in_the_delivery_propagates() -> None:
+    async def scenario() -> None:
+        consumer = await _started()
+
+        async def deliver() -> None:
+            raise ValueError("bad record")
+
+        async def suspended() -> None:
+            raise AssertionError("never started")
+
+        with pytest.raises(ValueError, match="bad record"):
+            await consumer.wait_first(deliver(), suspended())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        asyncio.run(scenario())
+
+
+def test_a_stopped_consumer_answers_as_mode_does() -> None:
+    async def scenario() -> None:
+        consumer = await _started()
+        consumer._stopped.set()
+
+        async def deliver() -> str:
+            return "delivered"
+
+        result = await consumer.wait_first(deliver())
+        assert result.stopped and result.results == []
+
+    asyncio.run(scenario())
