@@ -200,7 +200,8 @@ def service_sink(prefix: str, topic: str, total: int, backend: Any, database: st
     return (total - first[1]) / max(now - first[0], 1e-9)
 
 
-def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path) -> LatencyRun:
+def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path,
+            workers: int = 1) -> LatencyRun:
     """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
     until its call's first CDR is on the cdrs topic and until it is in ClickHouse."""
     config = load_config(CONFIG)
@@ -211,14 +212,15 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                                  start_ms=int(time.time() * 1000), faults=FaultMix.none(),
                                  final_tick=False)
                if not isinstance(i, Tick)]
-    worker = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
-                     "--data-dir", str(workdir / "faust-lat")], prefix, workdir / "worker-lat.log")
+    procs = [_spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
+                     "--data-dir", str(workdir / f"faust-lat-{n}")], prefix, workdir / f"worker-lat-{n}.log")
+             for n in range(workers)]
     sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
                    "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", "0.25"], prefix,
                   workdir / "sink-lat.log")
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
-    _wait_assigned(f"{prefix}lat", f"{prefix}call-events", worker)
-    _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", sink)
+    _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
+    _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])
     hangup_at: dict[str, float] = {}  # wall clock (epoch s) when each HANGUP was handed to the producer
     stored_at: dict[str, float] = {}
     stop = threading.Event()
@@ -246,7 +248,8 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         time.sleep(0.1)  # waiting for the poller thread to see the last calls
     stop.set()
     poller.join()
-    _stop(worker)
+    for worker in procs:
+        _stop(worker)
     _stop(sink)
     on_topic = _first_cdr_times(f"{prefix}cdrs", set(hangup_at))
     with (workdir / "latency.json").open("w") as out:  # for a closer look: per call, in publish order
@@ -260,19 +263,23 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
     )
 
 
-def _wait_assigned(group: str, topic: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    """Until the consumer group is stable with every partition of `topic` assigned."""
+def _wait_assigned(group: str, topic: str, procs: list[subprocess.Popen[bytes]],
+                   timeout_s: float = 120) -> None:
+    """Until the consumer group is stable, one member per process, with every partition
+    of `topic` assigned."""
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{group}: the process exited ({proc.returncode}) before it was assigned")
+        for proc in procs:
+            if proc.poll() is not None:
+                raise SystemExit(f"{group}: a process exited ({proc.returncode}) before it was assigned")
         (described,) = admin.describe_consumer_groups([group], request_timeout=10).values()
         try:
             info = described.result()
         except KafkaException:
             info = None  # the group does not exist yet
-        if info is not None and info.state == ConsumerGroupState.STABLE:
+        if (info is not None and info.state == ConsumerGroupState.STABLE
+                and len(info.members) == len(procs)):
             owned = {tp.partition for m in info.members for tp in m.assignment.topic_partitions
                      if tp.topic == topic}
             if owned == set(range(PARTITIONS)):
@@ -324,6 +331,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
     ap.add_argument("--latency-s", type=float, default=30.0)
     ap.add_argument("--latency-only", action="store_true", help="skip the two throughput runs")
+    ap.add_argument("--latency-workers", type=int, default=1,
+                    help="workers (one consumer group) in the latency run")
     args = ap.parse_args()
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
@@ -362,8 +371,8 @@ def main() -> None:
                   f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
 
         ensure_topics(BOOTSTRAP, default_topic_specs(prefix + "l", PARTITIONS, 1))
-        lat = latency(prefix + "l", args.rate, args.latency_s, dbs[2], workdir)
-        print(f"latency at {args.rate:,.0f} events/s: published {lat.published} events at "
+        lat = latency(prefix + "l", args.rate, args.latency_s, dbs[2], workdir, args.latency_workers)
+        print(f"latency at {args.rate:,.0f} events/s, {args.latency_workers} worker(s): published {lat.published} events at "
               f"{lat.achieved_rate:,.0f}/s, {lat.calls} calls")
         for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
                               ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
