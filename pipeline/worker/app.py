@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,10 @@ log = logging.getLogger(__name__)
 # At most this many records per batch, and at most this long waiting to fill one.
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.05
-OBSERVE_EVERY = 1000  # records of a partition between updates of the partition gauges
+# Seconds between updates of a partition's gauges: counting its open calls walks the
+# partition's table, so it is not done per so many records (a large table made that
+# a per-record cost).
+OBSERVE_EVERY_S = 5.0
 
 
 @dataclass
@@ -53,7 +57,7 @@ class PartitionState:
     correlator: Correlator
     store: TableStore
     records: int = 0
-    observed_at: int = 0
+    observed_at: float = 0.0  # time.monotonic() of the last gauge update
 
 
 @dataclass
@@ -319,8 +323,9 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         await sender.send(kafka.cdrs, partition, out)
         await held.store.flush(sender, events[-1])
         held.records += len(events)
-        if held.records - held.observed_at >= OBSERVE_EVERY:
-            held.observed_at = held.records
+        now = time.monotonic()
+        if now - held.observed_at >= OBSERVE_EVERY_S:
+            held.observed_at = now
             _observe(held, partition, app, events[-1].message)
 
     @app.agent(events_topic)
