@@ -61,6 +61,27 @@ def test_pipeline_services_wait_for_healthy_servers_and_take_secrets_from_env(
         assert env["CDR_CLICKHOUSE_PASSWORD"].startswith("${"), "secrets come from .env, not the file"
 
 
+def test_services_reading_clickhouse_start_after_migrate(compose: dict[str, Any]) -> None:
+    for name in ("sink", "dashboard"):
+        depends = compose["services"][name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+    assert compose["services"]["migrate"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+
+
+def test_long_running_pipeline_services_have_health_checks(compose: dict[str, Any]) -> None:
+    # Each probes the port the service listens on: metrics for worker and sink, /healthz
+    # for the dashboard.
+    from pipeline.settings import load_settings
+
+    settings = load_settings(ROOT / "deploy" / "config" / "pipeline.toml", env={})
+    ports = {"worker": settings.worker.metrics_port, "sink": settings.sink.metrics_port,
+             "dashboard": settings.dashboard.port}
+    for name, port in ports.items():
+        probe = " ".join(compose["services"][name]["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/" in probe, name
+    assert "/healthz" in " ".join(compose["services"]["dashboard"]["healthcheck"]["test"])
+
+
 def test_production_config_loads() -> None:
     from pipeline.core.config import load_config
     from pipeline.settings import load_settings
