@@ -88,7 +88,7 @@ class CallEvent(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """The event as a dict of spec field names, without the fields it does not carry."""
-        return {k: v for k, v in zip(FIELD_NAMES, self) if v is not None}
+        return {k: v for k, v in zip(FIELD_NAMES, self, strict=True) if v is not None}
 
 
 FIELD_NAMES: tuple[str, ...] = CallEvent._fields

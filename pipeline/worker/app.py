@@ -56,7 +56,6 @@ OBSERVE_EVERY_S = 5.0
 class PartitionState:
     correlator: Correlator
     store: TableStore
-    records: int = 0
     observed_at: float = 0.0  # time.monotonic() of the last gauge update
 
 
@@ -173,7 +172,7 @@ def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
     that much latency on every CDR behind it: HANGUP to CDR p50 1.5-2.7 s at
     1,000 events/s, 0.17 s with 100 ms. aiokafka's fetcher reads the value for
     every fetch request, so setting it on the running fetcher takes effect at
-    the next one. tests/unit/test_worker_batches.py checks the attributes.
+    the next one. tests/integration/test_worker_produce.py checks the attributes.
     """
     fetcher = consumer._thread._ensure_consumer()._fetcher
     fetcher._fetch_max_wait_ms = wait_ms
@@ -254,7 +253,8 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
             ("source-offset", str(message.offset).encode()),
         ]
         sent = await dlq_topic.send(key=message.key, value=message.value or b"", headers=headers)
-        sender.watch(sent, dlq_topic.get_topic_name(), message.partition)
+        sender.watch(sent, f"{dlq_topic.get_topic_name()} (dead letter of {message.topic}"
+                           f"[{message.partition}]@{message.offset})")
         metrics.DLQ.labels(exc.category).inc()
         log.warning("%s[%s]@%s to dead-letter: %s",
                     message.topic, message.partition, message.offset, exc.reason)
@@ -322,7 +322,6 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
                 encode_cdrs(cdrs, out)
         await sender.send(kafka.cdrs, partition, out)
         await held.store.flush(sender, events[-1])
-        held.records += len(events)
         now = time.monotonic()
         if now - held.observed_at >= OBSERVE_EVERY_S:
             held.observed_at = now

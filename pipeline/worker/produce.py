@@ -30,10 +30,10 @@ Record = tuple[bytes | None, bytes | None]  # key, value
 EXIT_DELIVERY_FAILED = 75
 
 
-def exit_on_failure(topic: str, partition: int, exc: BaseException) -> None:
+def exit_on_failure(where: str, exc: BaseException) -> None:
     log.critical(
-        "%s[%s]: a record batch was not delivered (%r); stopping now so that no offset "
-        "is committed past its input, which a restart replays", topic, partition, exc,
+        "%s: a record batch was not delivered (%r); stopping now so that no offset "
+        "is committed past its input, which a restart replays", where, exc,
     )
     logging.shutdown()
     sys.stderr.flush()
@@ -44,7 +44,7 @@ class BatchSender:
     """Sends records to one topic-partition at a time as aiokafka record batches."""
 
     def __init__(self, producer: Any,
-                 on_failure: Callable[[str, int, BaseException], None] = exit_on_failure) -> None:
+                 on_failure: Callable[[str, BaseException], None] = exit_on_failure) -> None:
         self._producer = producer  # Faust's aiokafka Producer
         self._on_failure = on_failure
 
@@ -58,10 +58,9 @@ class BatchSender:
         aio = self._producer._ensure_producer()  # the AIOKafkaProducer, started by Faust
         batch = aio.create_batch()
         count = 0
-        sent: asyncio.Future[Any] | None = None
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                sent = await self._submit(aio, batch, topic, partition)
+                await self._submit(aio, batch, topic, partition)
                 batch = aio.create_batch()
                 count = 0
                 if batch.append(key=key, value=value, timestamp=None) is None:
@@ -77,13 +76,14 @@ class BatchSender:
         # linger first, and the next batch for its partition waits for it.
         batch.close()
         sent: asyncio.Future[Any] = await aio.send_batch(batch, topic, partition=partition)
-        self.watch(sent, topic, partition)
+        self.watch(sent, f"{topic}[{partition}]")
         return sent
 
-    def watch(self, sent: Awaitable[Any], topic: str, partition: int) -> None:
-        """Treat a failed delivery of `sent` (any send's future) as fatal too."""
-        asyncio.ensure_future(sent).add_done_callback(lambda f: self._check(f, topic, partition))
+    def watch(self, sent: Awaitable[Any], where: str) -> None:
+        """Treat a failed delivery of `sent` (any send's future) as fatal too; `where`
+        names it in the log."""
+        asyncio.ensure_future(sent).add_done_callback(lambda f: self._check(f, where))
 
-    def _check(self, sent: asyncio.Future[Any], topic: str, partition: int) -> None:
+    def _check(self, sent: asyncio.Future[Any], where: str) -> None:
         if not sent.cancelled() and sent.exception() is not None:
-            self._on_failure(topic, partition, sent.exception())  # type: ignore[arg-type]
+            self._on_failure(where, sent.exception())  # type: ignore[arg-type]

@@ -6,10 +6,10 @@ Writes are collected, and `flush` puts each changed call once into the Faust
 table: its store (`table.data`) and its changelog topic, on this store's
 partition explicitly. That is what `table[call_id] = value` does (Faust's
 `Table.on_key_set`), without Faust's per-record producer machinery, which cost
-more than the billing core's work per event; records and their encoding are
-the same, so Faust restores the table from the changelog as before. Each table
-value carries its partition ("p"), so a worker can rebuild one partition's cache
-from the table.
+more than the billing core's work per event. Records are the table's keys and
+values as JSON, which Faust's table decodes, so Faust restores the table from
+the changelog as before. Each table value carries its partition ("p"), so a
+worker can rebuild one partition's cache from the table.
 
 Flush before the records that changed the calls are acknowledged: Faust commits
 an offset only after flushing the producer, so a committed offset means every
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import weakref
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -30,9 +29,7 @@ from faust import streams as faust_streams
 from faust.types import TP
 
 from pipeline.core.state import CallState
-from pipeline.worker.produce import BatchSender
-
-log = logging.getLogger(__name__)
+from pipeline.worker.produce import BatchSender, Record
 
 
 class TableStore(MutableMapping[str, CallState]):
@@ -41,8 +38,7 @@ class TableStore(MutableMapping[str, CallState]):
         self.partition = partition
         self._cache: dict[str, CallState] = {}
         self._changed: dict[str, CallState | None] = {}  # None: deleted
-        self._changelog = table.changelog_topic
-        self._tp = TP(self._changelog.get_topic_name(), partition)
+        self._tp = TP(table.changelog_topic.get_topic_name(), partition)
 
     def load(self) -> None:
         """Fill the cache with this partition's calls from the (recovered) table."""
@@ -93,7 +89,7 @@ class TableStore(MutableMapping[str, CallState]):
         data = self._table.data
         partition = self.partition
         dumps = _dumps
-        records: list[tuple[bytes | None, bytes | None]] = []
+        records: list[Record] = []
         with current_event(event):
             for call_id, state in self._changed.items():
                 if state is None:

@@ -48,7 +48,7 @@ def _consume(bootstrap: str, topic: str, partition: int,
 
 
 async def _send(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]],
-                on_failure: Callable[[str, int, BaseException], None], **producer_conf: Any) -> Any:
+                on_failure: Callable[[str, BaseException], None], **producer_conf: Any) -> Any:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 **producer_conf)
     await producer.start()
@@ -91,12 +91,12 @@ def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
                                                      unique_topic: Any) -> None:
     # The broker refuses batches larger than the topic's max.message.bytes: not retriable.
     topic = unique_topic("produce-refused", partitions=1, config={"max.message.bytes": "1024"})
-    failures: list[tuple[str, int, BaseException]] = []
+    failures: list[tuple[str, BaseException]] = []
     future, _ = asyncio.run(_send(kafka_bootstrap, topic, 0, [(b"k", bytes(range(256)) * 16)],
                                   lambda *f: failures.append(f)))
     assert future.exception() is not None
-    assert [(t, p) for t, p, _ in failures] == [(topic, 0)]
-    assert isinstance(failures[0][2], MessageSizeTooLargeError)
+    assert [where for where, _ in failures] == [f"{topic}[0]"]
+    assert isinstance(failures[0][1], MessageSizeTooLargeError)
 
 
 def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique_topic: Any) -> None:
