@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-import json
 import logging
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -416,8 +415,13 @@ def row_digest(rows: Iterable[Sequence[Any]]) -> str:
     """sha256 of the sorted (call_id, version) pairs of `cdr_row` rows: a batch's
     content identity for its deduplication token (order-independent; CDRs are
     deterministic, so equal pairs mean equal rows)."""
+    return _pairs_digest(row[:2] for row in rows)
+
+
+def _pairs_digest(pairs: Iterable[tuple[str, int]]) -> str:
+    """sha256 of sorted (call_id, version) pairs: the identity of a batch of CDRs."""
     digest = hashlib.sha256()
-    for call_id, version in sorted(row[:2] for row in rows):
+    for call_id, version in sorted(pairs):
         digest.update(f"{call_id}\x00{version}\n".encode())
     return digest.hexdigest()
 
@@ -495,7 +499,8 @@ def fetch_newest(
 def dedup_token_for(rows: Sequence[Any]) -> str:
     """Deterministic deduplication token of a batch: sha256 of its sorted
     (call_id, version) pairs. CDRs are deterministic (same call and version,
-    same content), so equal pairs mean an equal batch, whatever its order."""
-    pairs = sorted((str(_as_mapping(r)["call_id"]), int(_as_mapping(r)["version"])) for r in rows)
-    payload = json.dumps(pairs, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    same content), so equal pairs mean an equal batch, whatever its order. The same
+    token as `row_digest` gives the batch's `cdr_row` rows."""
+    return _pairs_digest(
+        (str((m := _as_mapping(r))["call_id"]), int(m["version"])) for r in rows
+    )

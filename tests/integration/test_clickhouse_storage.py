@@ -509,6 +509,7 @@ def avro_rows(batch: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 def test_avro_rows_are_stored_exactly(storage_backend: ClickHouseBackend, db: str) -> None:
     batch = sample_batch()
     rows = avro_rows(batch)
+    assert row_digest(rows) == dedup_token_for(batch)  # one batch identity on both paths
     insert_cdr_rows(storage_backend, rows, row_digest(rows), database=db)
     stored = fetch_newest(storage_backend, database=db, extra_columns=("call_start_ms",))
     by_id = {r["call_id"]: r for r in stored}
