@@ -7,6 +7,10 @@ keyed by call_id, so the same (call_id, version) stored twice collapses to one r
 under FINAL (and at the next merge), and servers with insert deduplication drop a
 retried batch outright thanks to its deterministic token. See docs/sink.md.
 
+One insert is in flight at a time, on a thread of its own: while ClickHouse stores a
+batch, the next one is consumed and decoded. Batches are still stored and committed
+in order, each commit after its insert.
+
 Failure handling:
 - a record that does not decode goes to the dead-letter topic with its reason and
   source coordinates in headers, is counted, and its offset is committed with the
@@ -26,6 +30,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +158,10 @@ class SinkService:
         self._producer: Producer | None = None
         self._assigned: set[PartitionKey] = set()
         self._inflight: Batch[CdrRow] | None = None  # taken, not yet stored
+        # The attempt at storing `_inflight` under way on the insert thread, if any; set
+        # only while `_inflight` is. Every insert runs on that one thread.
+        self._insert_running: Future[None] | None = None
+        self._inserter = ThreadPoolExecutor(1, thread_name_prefix="sink-insert")
         self._held: list[Message] = []  # delivered while paused; handled after resuming
         self._uncommitted: dict[PartitionKey, int] = {}  # stored, commit failed: retried
         self._paused = False
@@ -311,6 +321,7 @@ class SinkService:
         """Stop without storing or committing anything more (redelivered on restart)."""
         self._closing = True
         self._inflight = None
+        self._insert_running = None  # its outcome no longer matters; _close waits for it
         self._batcher.take()
         try:
             self._close()
@@ -318,6 +329,9 @@ class SinkService:
             log.debug("error while closing the sink after a failure", exc_info=True)
 
     def _close(self) -> None:
+        # An insert still running (after a failure elsewhere) ends within the client's
+        # timeouts; the backend belongs to the caller, who may close it after run().
+        self._inserter.shutdown(wait=True)
         metrics.PAUSED.labels(**self._m_labels).set(0)
         if self._producer is not None:
             self._flush_dlq(raise_on_failure=False)
@@ -329,23 +343,30 @@ class SinkService:
     # ------------------------------------------------------------------ main loop
 
     def _step(self) -> None:
-        if self._inflight is not None:
+        self._finish_attempt_if_done()
+        if self._inflight is not None and (self._paused or self._insert_running is None):
             self._outage_step()
             return
         if self._resume_assigned:
             self._resume_assigned = False
             self._resume()  # a re-assigned partition must not stay paused from an outage
-        if self._held:
+        running = self._insert_running
+        if running is not None and len(self._batcher) >= self.config.batch_rows:
+            # The next batch is full: wait for the insert rather than read on.
+            wait_for_future([running], timeout=self.config.poll_timeout_s)
+            messages = []
+        elif self._held:
             messages, self._held = self._held, []
         else:
             messages = self._consume(self._consume_timeout())
         now = self._clock()
         for msg in messages:
             self._handle(msg, now)
+        self._finish_attempt_if_done()
         now = self._clock()
-        if self._batcher.due(now) or (
+        if self._inflight is None and (self._batcher.due(now) or (
             self._drained and self._batcher.may_take_early(now) and self._caught_up()
-        ):
+        )):
             self._flush(self._batcher.take(now=now))
         self._watch_progress(now)
 
@@ -353,6 +374,8 @@ class SinkService:
         """Wait long (poll_timeout_s) only when idle; while records are flowing or rows
         are pending, come back soon to flush a batch once all there is has been read."""
         now = self._clock()
+        if self._insert_running is not None:
+            return self.config.fetch_wait_s  # back soon to see the insert finish
         until_due = self._batcher.time_until_due(now)
         if until_due is None:
             return self.config.fetch_wait_s if self._flowing else self.config.poll_timeout_s
@@ -418,17 +441,29 @@ class SinkService:
         self._backoff = self.config.backoff_initial_s
         self._attempt()
 
-    def _attempt(self) -> bool:
-        """Try to store and commit the in-flight batch; True when done. On an outage,
-        pause and schedule the next attempt; on any other storage error, stop."""
+    def _attempt(self) -> None:
+        """Start storing the in-flight batch on the insert thread; the loop sees the
+        outcome in `_finish_attempt_if_done`."""
         batch = self._inflight
-        assert batch is not None
+        assert batch is not None and self._insert_running is None
         self._attempts += 1
+        self._insert_running = self._inserter.submit(self._insert, batch)
+
+    def _finish_attempt_if_done(self) -> None:
+        """Once the insert under way is done: commit its batch; on an outage, pause and
+        schedule the next attempt; on any other storage error, stop."""
+        running = self._insert_running
+        if running is None or not running.done():
+            return
+        self._insert_running = None
+        batch = self._inflight  # what is left of it if partitions were lost meanwhile
+        if batch is None:
+            return
         try:
-            self._insert(batch)
+            running.result()
         except StorageUnavailable as exc:
             self._on_outage(batch, exc)
-            return False
+            return
         except StorageError as exc:
             raise _rejected(batch, exc) from exc
         self._inflight = None
@@ -438,7 +473,6 @@ class SinkService:
         self._commit_batch(batch)
         if self._paused:
             self._resume()
-        return True
 
     def _insert(self, batch: Batch[CdrRow]) -> None:
         rows = batch.rows
@@ -500,10 +534,14 @@ class SinkService:
     def _outage_step(self) -> None:
         """Keep the group membership alive while paused; retry when the backoff expires."""
         wait = max(0.0, min(self.config.poll_timeout_s, self._next_attempt - self._clock()))
+        if self._insert_running is not None:
+            wait = min(wait, self.config.fetch_wait_s)
         self._pause()  # partitions assigned since the outage began are paused too
         for msg in self._consume(wait):
             self._held.append(msg)  # fetched before the pause took effect: keep, in order
-        if self._inflight is not None and self._clock() >= self._next_attempt:
+        self._finish_attempt_if_done()
+        if (self._inflight is not None and self._insert_running is None
+                and self._clock() >= self._next_attempt):
             self._attempt()
         self._watch_progress(self._clock())
 
@@ -512,9 +550,12 @@ class SinkService:
         unavailable, forget the batch uncommitted: its records are redelivered."""
         batch = self._inflight
         assert batch is not None
+        # The attempt under way, if any, is the one; else one more on the insert thread.
+        running = self._insert_running or self._inserter.submit(self._insert, batch)
+        self._insert_running = None
         self._attempts = max(self._attempts, 1)
         try:
-            self._insert(batch)
+            running.result()
         except StorageUnavailable as exc:
             self._inflight = None
             self.stats.rows_dropped_on_revoke += batch.row_count
@@ -680,7 +721,11 @@ class SinkService:
         it at once; otherwise leave it uncommitted for the next owner."""
         if self._closing:
             return
-        if self._inflight is not None and self._inflight.partitions & keys:
+        if self._inflight is not None and (
+            self._insert_running is not None or self._inflight.partitions & keys
+        ):
+            # An insert under way is finished first, so the revoked partitions' batched
+            # rows can still be stored and committed by this sink.
             self._attempt_once_or_drop("rebalance")
         if self._inflight is None:
             batch = self._batcher.take(keys)
@@ -695,6 +740,12 @@ class SinkService:
             self._inflight = self._inflight.without(keys)
             dropped = before - (self._inflight.row_count if self._inflight else 0)
             self.stats.rows_dropped_on_revoke += dropped
+            if self._inflight is None and self._insert_running is not None:
+                # Nothing of the batch is this sink's any more: let the insert end (rows
+                # stored twice are harmless), so an insert under way always belongs to
+                # `_inflight`.
+                wait_for_future([self._insert_running])
+                self._insert_running = None
         self.stats.rows_dropped_on_revoke += self._batcher.drop(keys)
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in keys]
         self._uncommitted = {k: v for k, v in self._uncommitted.items() if k not in keys}

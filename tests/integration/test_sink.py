@@ -731,3 +731,70 @@ def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_batc
     assert stats.batches == 2 and stats.rows_inserted == len(first) + len(second)
     assert stored_count(clickhouse_native, database) == len(first) + len(second)
     assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
+
+
+class GatedInserts:
+    """Inserts that wait for the test to open a gate: the first insert is held while
+    the test looks at what the sink does meanwhile. Records what was committed when
+    each insert began."""
+
+    def __init__(self, inner: ClickHouseBackend, probe: Callable[[], Any]) -> None:
+        self.inner = inner
+        self.gate = threading.Event()
+        self.holding = threading.Event()  # set while an insert waits at the gate
+        self.inserted_rows: list[int] = []
+        self.committed_at_start: list[Any] = []
+        self._probe = probe
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return self.inner.execute(sql, params)
+
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]],
+                       dedup_token: str | None) -> None:
+        self.committed_at_start.append(self._probe())
+        self.holding.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.holding.clear()
+        self.inner.insert_columns(table, columns, data, dedup_token)
+        self.inserted_rows.append(len(data[0]))
+
+    def server_version(self) -> tuple[int, int]:
+        return self.inner.server_version()
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_next_batch_is_read_while_an_insert_is_under_way_and_commits_stay_in_order(
+    kafka_bootstrap: str, topics: tuple[str, str], clickhouse_native: ClickHouseBackend,
+    database: str,
+) -> None:
+    """One insert at a time runs on its own thread: while it waits, the sink reads and
+    decodes the next batch (up to batch_rows) but starts no second insert, and commits
+    nothing past the stored batch. Opened, every row is stored once, committed to the end."""
+    topic, dlq = topics
+    produced, newest = make_calls(240, "overlap")  # 352 CDR versions
+    produce_cdrs(kafka_bootstrap, topic, produced)
+    config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100,
+                         batch_seconds=3600)
+    gated = GatedInserts(
+        clickhouse_native, probe=lambda: committed_offsets(kafka_bootstrap, config.group, topic, 3))
+    with SinkThread(SinkService(config, gated)) as sink:
+        wait_for(gated.holding.is_set, 30, "the first insert to start")
+        # Meanwhile the next batch is read, and reading stops at batch_rows.
+        wait_for(lambda: sink.service.pending_rows == 200, 30,
+                 "the next 100 rows read behind the 100 being inserted")
+        assert len(gated.committed_at_start) == 1  # no second insert while one is under way
+        assert all(o < 0 for o in committed_offsets(
+            kafka_bootstrap, config.group, topic, 3).values())  # nothing stored, nothing committed
+        gated.gate.set()
+        wait_for(lambda: sum(gated.inserted_rows) == len(produced), 60, "every row stored")
+        stats = sink.result()
+    assert gated.inserted_rows[:3] == [100, 100, 100]
+    # Each insert began after the previous batch was committed, never before.
+    committed_before = [sum(max(o, 0) for o in c.values()) for c in gated.committed_at_start]
+    assert committed_before[:4] == [0, 100, 200, 300]
+    assert stats.rows_inserted == len(produced) and stats.batches == len(gated.inserted_rows)
+    assert stored_count(clickhouse_native, database) == len(produced)
+    assert_newest_stored(clickhouse_native, database, newest)
+    assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
