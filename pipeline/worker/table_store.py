@@ -25,6 +25,7 @@ from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from faust import streams as faust_streams
 from faust.types import TP
 
@@ -88,7 +89,7 @@ class TableStore(MutableMapping[str, CallState]):
             return 0
         data = self._table.data
         partition = self.partition
-        dumps = _dumps
+        dump_key, dump_value = _dump_key, orjson.dumps
         records: list[Record] = []
         with current_event(event):
             for call_id, state in self._changed.items():
@@ -98,8 +99,8 @@ class TableStore(MutableMapping[str, CallState]):
                 else:
                     record = {"p": partition, "s": state.to_dict()}
                     data[call_id] = record
-                    value = dumps(record).encode()
-                records.append((dumps(call_id).encode(), value))
+                    value = dump_value(record)
+                records.append((dump_key(call_id).encode(), value))
         self._changed.clear()
         sent = await sender.send(self._tp.topic, partition, records)
         if sent is not None:
@@ -118,7 +119,11 @@ class TableStore(MutableMapping[str, CallState]):
         self._table.data.set_persisted_offset(self._tp, sent.result().offset + count - 1)
 
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+# Keys as the json module writes them (non-ASCII escaped): a changelog is compacted by
+# key bytes, so a key must keep one byte form across versions. Values only need to
+# decode to the same JSON; orjson writes them about ten times faster than json (half
+# of the cost of a table write was json, the other half CallState.to_dict).
+_dump_key = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @contextmanager
