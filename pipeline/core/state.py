@@ -25,6 +25,10 @@ class CallState:
     # The driver's input position (e.g. Kafka offset) of the record whose processing
     # emitted the last version; lets a restarted driver re-send what may be unsent.
     emitted_at: int | None = None
+    # Per slot, the event and its to_dict(): the worker writes a call's whole state each
+    # time the call changes, and an event's dict was most of that cost.
+    _dicts: list[tuple[CallEvent, dict[str, Any]] | None] = field(
+        default_factory=lambda: [None, None, None, None], repr=False, compare=False)
 
     @property
     def closed(self) -> bool:
@@ -57,13 +61,22 @@ class CallState:
     def to_dict(self) -> dict[str, Any]:
         return {
             "call_id": self.call_id,
-            "events": [e.to_dict() if e is not None else None for e in self.events],
+            "events": [self._event_dict(slot) for slot in range(4)],
             "seen": sorted(self.seen),
             "last_ts_ms": self.last_ts_ms,
             "version": self.version,
             "closed_at_ms": self.closed_at_ms,
             "emitted_at": self.emitted_at,
         }
+
+    def _event_dict(self, slot: int) -> dict[str, Any] | None:
+        event = self.events[slot]
+        if event is None:
+            return None
+        cached = self._dicts[slot]
+        if cached is None or cached[0] is not event:
+            cached = self._dicts[slot] = (event, event.to_dict())
+        return cached[1]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CallState:

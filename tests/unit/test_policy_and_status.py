@@ -206,3 +206,19 @@ def test_rebuilt_index_still_fires_deadlines(cfg: BillingConfig) -> None:
         first.on_event(event)
     second = Correlator(cfg, store, watermark_ms=first.watermark_ms)  # e.g. after a restart
     assert [c.status for c in second.advance(T0 + 10**9)] == ["ANSWER_MISSING"]
+
+
+def test_state_dict_follows_each_slot_when_an_earlier_event_wins(cfg: BillingConfig) -> None:
+    """to_dict caches each event's dict; a slot taken over by an earlier event (or a
+    newly filled slot) must show up in the next dict, not the cached one."""
+    from pipeline.core.state import CallState
+
+    setup, *_ = call()
+    state = CallState(setup.call_id)
+    later = setup._replace(event_id="s-late", ts_ms=setup.ts_ms + 500, caller="111")
+    state.add(later)
+    assert state.to_dict()["events"][0]["caller"] == "111"
+    state.add(setup)  # earlier: wins the SETUP slot
+    first = state.to_dict()
+    assert first["events"][0] == setup.to_dict() and first["seen"] == sorted({"s-late", setup.event_id})
+    assert CallState.from_dict(first) == state
