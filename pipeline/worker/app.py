@@ -203,7 +203,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         # a request for every few records.
         producer_linger=0.02,
         producer_max_batch_size=512 * 1024,
-        producer_compression_type="lz4",
+        producer_compression_type=None if worker.compression == "none" else worker.compression,
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
         web_enabled=False,

@@ -22,6 +22,8 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     assert load_settings(path, env={}).worker.fetch_wait_ms == 250
     settings = load_settings(path, env={"CDR_WORKER_FETCH_WAIT_MS": "40"})
     assert (settings.worker.fetch_wait_ms, settings.worker.commit_interval_s) == (40, 2.0)
+    assert load_settings(env={}).worker.compression == "snappy"
+    assert load_settings(env={"CDR_WORKER_COMPRESSION": "zstd"}).worker.compression == "zstd"
 
 
 @pytest.mark.parametrize(("text", "env", "message"), [
@@ -29,6 +31,8 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     ("", {"CDR_WORKER_FETCH_WAIT_MS": "soon"}, "CDR_WORKER_FETCH_WAIT_MS: expected int, got 'soon'"),
     ("[worker]\nfetch_wait = 5\n", {}, "worker.fetch_wait: unknown key"),
     ("[kafka]\npartitions = 0\n", {}, "kafka.partitions: must be >= 1"),
+    ("", {"CDR_WORKER_COMPRESSION": "lzma"},
+     "worker.compression: must be one of none, snappy, lz4, zstd, gzip, got 'lzma'"),
 ])
 def test_a_bad_value_fails_at_load_naming_the_key(tmp_path: Path, text: str, env: dict[str, str],
                                                   message: str) -> None:
