@@ -1,17 +1,18 @@
 """Streaming benchmark on the real broker and ClickHouse server (not a test).
 
-    .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30] [--latency-only]
+    .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
+        [--latency-only] [--latency-workers 1] [--sink-batch-seconds 0.5]
 
 Prints, in one run:
   1. the correlator: events/s through one Faust worker, beside the bare chain
-     (confluent-kafka batch consume + fastavro decode + billing core + encode +
-     produce, no Faust) on the same events;
+     (confluent-kafka batch consume + fastavro decode + billing core + fastavro
+     encode + produce, no Faust) on the same events;
   2. the sink: CDR rows/s through `cdr-pipeline sink`, beside the bare chain
-     (consume + decode + clickhouse-driver columnar insert) on the same CDRs;
+     (consume + fastavro decode + clickhouse-driver columnar insert) on the same CDRs;
   3. latency from HANGUP published to CDR queryable in ClickHouse (p50, p99) at a
      steady event rate, with worker and sink running, and the worker's share of it
-     (HANGUP published to CDR appended to the cdrs topic). --latency-only runs
-     just this part.
+     (HANGUP published to CDR appended to the cdrs topic), and the CPU each part
+     of the machine used meanwhile. --latency-only runs just this part.
 Needs the local stack (deploy/local/stack.sh up). Topics and databases it
 creates are deleted at the end.
 """
@@ -19,6 +20,7 @@ creates are deleted at the end.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastavro
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -53,6 +56,11 @@ CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
 BOOTSTRAP = os.environ.get("CDR_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CH_URL = "native://127.0.0.1:19000/"
 PARTITIONS = 3
+# How often the latency run looks for new CDRs in ClickHouse. A call is timed when it is
+# first seen, so this adds 0 to POLL_S to each latency (the figures err on the high
+# side). Polling every 20 ms cost ClickHouse 18.16 about a quarter of a core (even
+# `SELECT 1` takes it 0.7 ms of CPU), taken from the pipeline being measured.
+POLL_S = 0.1
 
 
 def _spawn(args: list[str], prefix: str, log: Path) -> subprocess.Popen[bytes]:
@@ -86,6 +94,24 @@ def _end_offsets(topic: str) -> int:
     return total
 
 
+# The bare chains decode and encode with plain fastavro, as issue 4 defines them; the
+# worker and the sink use the compiled codec (pipeline/avro_compiled.py), several times
+# faster (bench/codec_bench.py).
+_fastavro_cdr = codec._fastavro_encoder(codec.RATED_CDR)
+
+
+def fastavro_decode(kind: codec.AvroType, data: bytes) -> dict[str, Any]:
+    body = io.BytesIO(data)
+    body.seek(10)  # magic and fingerprint; the bench writes the current schemas only
+    return fastavro.schemaless_reader(body, kind.schema, None)  # type: ignore[no-any-return]
+
+
+def fastavro_encode_cdr(cdr: Any) -> bytes:
+    record = cdr._asdict()
+    record["flags"] = list(cdr.flags)
+    return _fastavro_cdr(record)
+
+
 def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
     """consume + decode + core + encode + produce; returns (events/s, CDRs)."""
     config = load_config(CONFIG)
@@ -107,9 +133,11 @@ def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
             if codec.is_tick(headers):
                 out = corr.advance(codec.decode_tick(msg.value()), msg.offset())
             else:
-                out = corr.on_event(parse_event(codec.decode_event_dict(msg.value())), msg.offset())
+                event = parse_event(fastavro_decode(codec.CALL_EVENT, msg.value()))
+                out = corr.on_event(event, msg.offset())
             for cdr in out:
-                producer.produce(dst, key=cdr.call_id.encode(), value=codec.encode_cdr(cdr), partition=part)
+                producer.produce(dst, key=cdr.call_id.encode(), value=fastavro_encode_cdr(cdr),
+                                 partition=part)
                 cdrs += 1
             producer.poll(0)
     producer.flush(60)
@@ -164,7 +192,7 @@ def bare_sink(topic: str, total: int, backend: Any, database: str) -> float:
             if msg.error():
                 continue
             seen += 1
-            batch.append(cdr_row(codec.decode_cdr_record(msg.value())))
+            batch.append(cdr_row(fastavro_decode(codec.RATED_CDR, msg.value())))
             if len(batch) >= 5000:
                 insert_cdr_rows(backend, batch, row_digest(batch), database)
                 batch = []
@@ -208,7 +236,7 @@ def service_sink(prefix: str, topic: str, database: str, workdir: Path) -> float
 
 
 def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path,
-            workers: int = 1) -> LatencyRun:
+            workers: int = 1, sink_batch_s: float = 0.5) -> LatencyRun:
     """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
     until its call's first CDR is on the cdrs topic and until it is in ClickHouse."""
     config = load_config(CONFIG)
@@ -223,7 +251,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                      "--data-dir", str(workdir / f"faust-lat-{n}")], prefix, workdir / f"worker-lat-{n}.log")
              for n in range(workers)]
     sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
-                   "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", "0.25"], prefix,
+                   "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", str(sink_batch_s)], prefix,
                   workdir / "sink-lat.log")
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
@@ -237,6 +265,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                          "linger.ms": 5, "partitioner": "murmur2_random"})
     topic = f"{prefix}call-events"
     started = time.perf_counter()
+    cpu_at_start = _cpu_seconds()
     sent = 0
     while sent < len(records):
         # Every millisecond or so, whatever is due by then: a steady rate without a
@@ -249,6 +278,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         sent = due
         producer.poll(0.001)
     achieved = len(records) / (time.perf_counter() - started)
+    cpu = {name: used - cpu_at_start.get(name, 0.0) for name, used in _cpu_seconds().items()}
     producer.flush(30)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(stored_at) < len(hangup_at):
@@ -266,7 +296,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         published=len(records), achieved_rate=achieved,
         to_topic=sorted(on_topic[c] - t for c, t in hangup_at.items() if c in on_topic),
         to_clickhouse=sorted(stored_at[c] - t for c, t in hangup_at.items() if c in stored_at),
-        calls=len(hangup_at),
+        calls=len(hangup_at), cpu_s=cpu, seconds=len(records) / achieved,
     )
 
 
@@ -302,18 +332,67 @@ class LatencyRun:
     calls: int
     to_topic: list[float]  # seconds, HANGUP handed to the producer -> CDR appended by the worker
     to_clickhouse: list[float]  # seconds, HANGUP handed to the producer -> CDR seen in ClickHouse
+    cpu_s: dict[str, float]  # CPU seconds per process kind while the traffic was published
+    seconds: float  # how long publishing took
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far, summed per kind of process on this
+    machine: the worker(s), the sink, the broker, ClickHouse, this benchmark."""
+    kinds = {"pipeline.cli worker": "worker", "pipeline.cli sink": "sink",
+             "kafka.Kafka": "broker", "clickhouse-server": "clickhouse",
+             "stream_bench.py": "publisher (this benchmark)"}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        kind = next((k for marker, k in kinds.items() if marker in cmdline), None)
+        if kind is not None:
+            out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _poll_stored(database: str, stored_at: dict[str, float], stop: threading.Event) -> None:
-    """Every 50 ms, note the calls whose CDR is newly queryable (own connection: a thread)."""
+    """Every POLL_S, note the calls whose CDR is newly queryable (own connection: a thread).
+
+    Reads only rows it has not seen: the table's active parts are listed, and call ids
+    are read from parts holding a block number not seen before (a fresh insert, or a
+    merge that covered one before this poll saw it). Re-reading a time window of rows
+    on every poll cost this process more CPU than the sink and slowed what it measured.
+    """
     backend, _ = open_backend(CH_URL + database)
+    seen_blocks: set[tuple[str, int]] = set()
+    known: set[str] = set()  # part names already looked at
     while not stop.is_set():
-        now = time.time()
-        for (call_id,) in backend.execute(
-            f"SELECT call_id FROM {database}.cdr WHERE inserted_at >= toDateTime({int(now) - 2})"
-        ):
-            stored_at.setdefault(call_id, now)
-        stop.wait(0.05)
+        parts = backend.execute("SELECT name FROM system.parts WHERE database = {db:String}"
+                                " AND table = 'cdr' AND active", {"db": database})
+        now = time.time()  # what these parts hold was queryable by now
+        fresh: dict[str, set[tuple[str, int]]] = {}
+        for (name,) in parts:
+            if name in known:
+                continue
+            known.add(name)
+            partition, low, high, _ = name.rsplit("_", 3)
+            blocks = {(partition, b) for b in range(int(low), int(high) + 1)}
+            if not blocks <= seen_blocks:
+                fresh[name] = blocks
+        if fresh:
+            names = ", ".join(f"'{n}'" for n in fresh)
+            query = f"SELECT _part, call_id FROM {database}.cdr WHERE _part IN ({names})"
+            for part, call_id in backend.execute(query):
+                stored_at.setdefault(call_id, now)
+                # Only a part that was read counts as seen: one merged away between the
+                # listing and the read leaves its blocks to the part that replaced it.
+                seen_blocks |= fresh.pop(part, set())
+        stop.wait(POLL_S)
 
 
 def _first_cdr_times(topic: str, calls: set[str]) -> dict[str, float]:
@@ -340,6 +419,8 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true", help="skip the two throughput runs")
     ap.add_argument("--latency-workers", type=int, default=1,
                     help="workers (one consumer group) in the latency run")
+    ap.add_argument("--sink-batch-seconds", type=float, default=0.5,
+                    help="the sink's --batch-seconds in the latency run")
     args = ap.parse_args()
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
@@ -378,9 +459,13 @@ def main() -> None:
                   f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
 
         ensure_topics(BOOTSTRAP, default_topic_specs(prefix + "l", PARTITIONS, 1))
-        lat = latency(prefix + "l", args.rate, args.latency_s, dbs[2], workdir, args.latency_workers)
+        lat = latency(prefix + "l", args.rate, args.latency_s, dbs[2], workdir,
+                      args.latency_workers, args.sink_batch_seconds)
         print(f"latency at {args.rate:,.0f} events/s, {args.latency_workers} worker(s): published {lat.published} events at "
               f"{lat.achieved_rate:,.0f}/s, {lat.calls} calls")
+        print("  CPU while publishing, in cores (2 on this machine): " + ", ".join(
+            f"{kind} {used / lat.seconds:.2f}" for kind, used in
+            sorted(lat.cpu_s.items(), key=lambda kv: -kv[1])))
         for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
                               ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
             if values:
