@@ -162,8 +162,9 @@ def ignore_gaps(consumer: Any, topic: str) -> None:
     consumer._cdr_gaps_ignored = topic
 
 
-def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
-    """Make the consumer's fetches wait at most `wait_ms` at the broker for records.
+def set_fetch_wait(consumer: Any, wait_ms: int, min_bytes: int = 1) -> None:
+    """Make the consumer's fetches wait at the broker until `min_bytes` of records are
+    there, or at most `wait_ms`.
 
     faust-streaming creates its aiokafka consumer with `fetch_max_wait_ms=1500`
     and no setting for it. At a steady few thousand records/s the worker then
@@ -173,9 +174,14 @@ def set_fetch_wait(consumer: Any, wait_ms: int) -> None:
     1,000 events/s, 0.17 s with 100 ms. aiokafka's fetcher reads the value for
     every fetch request, so setting it on the running fetcher takes effect at
     the next one. tests/integration/test_worker_produce.py checks the attributes.
+
+    `min_bytes` (Faust leaves aiokafka's 1) is what keeps a worker below its peak
+    rate from fetching a few records at a time: at 1,000 events/s the worker took
+    0.66 of a core with 1 and 0.25 with 32 KiB, for about 50 ms more latency.
     """
     fetcher = consumer._thread._ensure_consumer()._fetcher
     fetcher._fetch_max_wait_ms = wait_ms
+    fetcher._fetch_min_bytes = min_bytes
 
 
 def by_partition(events: list[Any]) -> dict[int, list[Any]]:
@@ -230,7 +236,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         forget_read_offsets(app.consumer, {tp for tp in assigned if tp.topic == kafka.call_events})
         ignore_gaps(app.consumer, kafka.call_events)
-        set_fetch_wait(app.consumer, worker.fetch_wait_ms)
+        set_fetch_wait(app.consumer, worker.fetch_wait_ms, worker.fetch_min_bytes)
         deliver_without_tasks(app.consumer)
 
     events_in = metrics.EVENTS_IN.labels("event")

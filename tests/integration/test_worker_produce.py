@@ -100,8 +100,9 @@ def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
 
 
 def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique_topic: Any) -> None:
-    """The worker shortens the fetch wait Faust fixes at 1500 ms on the live aiokafka
-    fetcher (set_fetch_wait); this fails if an upgrade moves what it sets."""
+    """The worker shortens the fetch wait Faust fixes at 1500 ms, and sets the bytes a
+    fetch waits for, on the live aiokafka fetcher (set_fetch_wait); this fails if an
+    upgrade moves what it sets."""
     import inspect
 
     import faust
@@ -112,17 +113,18 @@ def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique
 
     topic = unique_topic("fetch-wait", partitions=1)
 
-    async def run() -> int:
+    async def run() -> tuple[int, int]:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, fetch_max_wait_ms=1500)
         await consumer.start()
         try:
             app = faust.App("unit-fetch-wait", broker=f"kafka://{kafka_bootstrap}", web_enabled=False)
             app.consumer._thread._consumer = consumer  # as Faust's consumer thread holds it
-            set_fetch_wait(app.consumer, 100)
-            return int(consumer._fetcher._fetch_max_wait_ms)
+            set_fetch_wait(app.consumer, 100, 32768)
+            return int(consumer._fetcher._fetch_max_wait_ms), int(consumer._fetcher._fetch_min_bytes)
         finally:
             await consumer.stop()
 
-    assert asyncio.run(run()) == 100
-    # ... and the fetcher builds every fetch request from that attribute.
-    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
+    assert asyncio.run(run()) == (100, 32768)
+    # ... and the fetcher builds every fetch request from those attributes.
+    source = inspect.getsource(Fetcher._get_actions_per_node)
+    assert "self._fetch_max_wait_ms" in source and "self._fetch_min_bytes" in source

@@ -23,6 +23,7 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     settings = load_settings(path, env={"CDR_WORKER_FETCH_WAIT_MS": "40"})
     assert (settings.worker.fetch_wait_ms, settings.worker.commit_interval_s) == (40, 2.0)
     assert load_settings(env={}).worker.compression == "snappy"
+    assert load_settings(env={}).worker.fetch_min_bytes == 32768
     assert load_settings(env={"CDR_WORKER_COMPRESSION": "zstd"}).worker.compression == "zstd"
 
 
@@ -31,6 +32,7 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     ("", {"CDR_WORKER_FETCH_WAIT_MS": "soon"}, "CDR_WORKER_FETCH_WAIT_MS: expected int, got 'soon'"),
     ("[worker]\nfetch_wait = 5\n", {}, "worker.fetch_wait: unknown key"),
     ("[kafka]\npartitions = 0\n", {}, "kafka.partitions: must be >= 1"),
+    ("[worker]\nfetch_min_bytes = 0\n", {}, "worker.fetch_min_bytes: must be 1-1048576, got 0"),
     ("", {"CDR_WORKER_COMPRESSION": "lzma"},
      "worker.compression: must be one of none, snappy, lz4, zstd, gzip, got 'lzma'"),
 ])
