@@ -293,20 +293,37 @@ def test_undecodable_records_go_to_the_dlq_and_the_sink_keeps_going(
 # ---------------------------------------------------------------- outages
 
 
-class FlakyInserts:
+class WrappedBackend:
+    """The real backend (the caller closes it); subclasses change insert_columns."""
+
+    def __init__(self, inner: ClickHouseBackend) -> None:
+        self.inner = inner
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return self.inner.execute(sql, params)
+
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]],
+                       dedup_token: str | None) -> None:
+        self.inner.insert_columns(table, columns, data, dedup_token)
+
+    def server_version(self) -> tuple[int, int]:
+        return self.inner.server_version()
+
+    def close(self) -> None:
+        pass
+
+
+class FlakyInserts(WrappedBackend):
     """The real backend, except that the first `failures` inserts raise
     StorageUnavailable; records the group's committed offsets at every failed call."""
 
     def __init__(self, inner: ClickHouseBackend, failures: int, probe: Callable[[], Any]):
-        self.inner = inner
+        super().__init__(inner)
         self.failures = failures
         self.calls = 0
         self.tokens: list[str | None] = []
         self.committed_during_outage: list[Any] = []
         self._probe = probe
-
-    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return self.inner.execute(sql, params)
 
     def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]],
                        dedup_token: str | None) -> None:
@@ -316,12 +333,6 @@ class FlakyInserts:
             self.committed_during_outage.append(self._probe())
             raise StorageUnavailable("injected: connection refused", 210)
         self.inner.insert_columns(table, columns, data, dedup_token)
-
-    def server_version(self) -> tuple[int, int]:
-        return self.inner.server_version()
-
-    def close(self) -> None:
-        pass
 
 
 def test_injected_outage_retries_the_same_batch_and_commits_only_after_success(
@@ -733,21 +744,18 @@ def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_batc
     assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
 
 
-class GatedInserts:
+class GatedInserts(WrappedBackend):
     """Inserts that wait for the test to open a gate: the first insert is held while
     the test looks at what the sink does meanwhile. Records what was committed when
     each insert began."""
 
     def __init__(self, inner: ClickHouseBackend, probe: Callable[[], Any]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = threading.Event()
         self.holding = threading.Event()  # set while an insert waits at the gate
         self.inserted_rows: list[int] = []
         self.committed_at_start: list[Any] = []
         self._probe = probe
-
-    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return self.inner.execute(sql, params)
 
     def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]],
                        dedup_token: str | None) -> None:
@@ -757,12 +765,6 @@ class GatedInserts:
         self.holding.clear()
         self.inner.insert_columns(table, columns, data, dedup_token)
         self.inserted_rows.append(len(data[0]))
-
-    def server_version(self) -> tuple[int, int]:
-        return self.inner.server_version()
-
-    def close(self) -> None:
-        pass
 
 
 def test_the_next_batch_is_read_while_an_insert_is_under_way_and_commits_stay_in_order(
