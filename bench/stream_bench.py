@@ -45,7 +45,12 @@ from pipeline import codec  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.correlator import Correlator  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
-from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics  # noqa: E402
+from pipeline.kafka.admin import (  # noqa: E402
+    default_topic_specs,
+    delete_topics,
+    ensure_topics,
+    worker_topics,
+)
 from pipeline.sink.url import open_backend  # noqa: E402
 from pipeline.storage.cdr_store import cdr_row, insert_cdr_rows, row_digest  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
@@ -477,7 +482,8 @@ def main() -> None:
         for db in dbs:
             backend.execute(f"DROP DATABASE IF EXISTS {db}")
         delete_topics(BOOTSTRAP, [s.name for s in specs] + [bare_dst] +
-                      [s.name for s in default_topic_specs(prefix + "l", PARTITIONS, 1)])
+                      [s.name for s in default_topic_specs(prefix + "l", PARTITIONS, 1)] +
+                      worker_topics(f"{prefix}corr") + worker_topics(f"{prefix}llat"))
         print(f"logs: {workdir}")
 
 

@@ -35,10 +35,14 @@ class Expected:
     jsonl: Path
 
 
+def _app_id(prefix: str) -> str:
+    return f"{prefix}correlator"
+
+
 def _processes(args: argparse.Namespace, prefix: str, url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
     exe = [sys.executable, "-m", "pipeline.cli"]
-    worker = [*exe, "worker", "--config", str(args.config), "--app-id", f"{prefix}correlator",
+    worker = [*exe, "worker", "--config", str(args.config), "--app-id", _app_id(prefix),
               "--data-dir", str(workdir / "worker")]
     sink = [*exe, "sink", "--config", str(args.config), "--group", f"{prefix}sink", "--clickhouse", url,
             "--topic", f"{prefix}cdrs"]
@@ -102,7 +106,12 @@ def _wait_for_cdrs(backend: Any, database: str, call_prefix: str, expected: Expe
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.core.config import load_config
-    from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
+    from pipeline.kafka.admin import (
+        default_topic_specs,
+        delete_topics,
+        ensure_topics,
+        worker_topics,
+    )
     from pipeline.report import Filters, build_report, format_report
     from pipeline.settings import load_settings
     from pipeline.sink.url import open_backend
@@ -140,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         waited = _wait_for_cdrs(backend, database, f"{seed}-", expected, procs, args.timeout)
     finally:
         _stop(procs)
-        delete_topics(args.bootstrap, [s.name for s in specs])
+        delete_topics(args.bootstrap, [s.name for s in specs] + worker_topics(_app_id(prefix)))
     print(f"published in {published:.1f} s; every call's CDR in ClickHouse {waited:.1f} s later, "
           f"equal to rate-file ({len(expected.versions)} calls). Logs and events: {workdir}",
           file=sys.stderr)

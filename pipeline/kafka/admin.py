@@ -38,6 +38,15 @@ CALL_EVENTS = "call-events"
 CDRS = "cdrs"
 CALL_EVENTS_DLQ = "call-events.dlq"
 CDRS_DLQ = "cdrs.dlq"
+CALLS_TABLE = "calls"  # the worker's Faust table of open calls
+
+
+def worker_topics(app_id: str) -> list[str]:
+    """The topics Faust itself creates for the worker `app_id`: its table's changelog and
+    its partition assignor's leader topic. Runs that remove their topics afterwards (the
+    demo, tests, benchmarks) remove these too; left behind, every run added two topics
+    to the broker."""
+    return [f"{app_id}-{CALLS_TABLE}-changelog", f"{app_id}-__assignor-__leader"]
 
 CALL_EVENTS_RETENTION_MS = 7 * DAY_MS
 # cdrs: compact keeps the newest version of every call; delete bounds the topic to the

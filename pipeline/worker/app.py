@@ -35,6 +35,7 @@ from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
+from pipeline.kafka.admin import CALLS_TABLE
 from pipeline.settings import Settings
 from pipeline.worker import metrics
 from pipeline.worker.lean import LeanMonitor, RawRecords, deliver_without_tasks
@@ -225,7 +226,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     dlq_topic = app.topic(kafka.dlq, key_serializer="raw", value_serializer="raw")
     # Keys are call ids (str), values {"p": partition, "s": CallState.to_dict()}; both
     # JSON in the changelog topic <app_id>-calls-changelog.
-    table = app.Table("calls", default=None, partitions=kafka.partitions)
+    table = app.Table(CALLS_TABLE, default=None, partitions=kafka.partitions)
     runtime = CorrelatorRuntime(config, table)
 
     @app.on_partitions_revoked.connect

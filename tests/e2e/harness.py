@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
-from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
+from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics, worker_topics
 from pipeline.offline import rate_lines
 from pipeline.storage.cdr_store import fetch_newest
 from pipeline.storage.migrate import migrate
@@ -44,6 +44,10 @@ class Pipeline:
         return f"{self.name}-"
 
     @property
+    def app_id(self) -> str:
+        return f"{self.prefix}corr"
+
+    @property
     def database(self) -> str:
         return self.name
 
@@ -56,7 +60,8 @@ class Pipeline:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(30)
-        delete_topics(self.bootstrap, [s.name for s in default_topic_specs(self.prefix, PARTITIONS, 1)])
+        delete_topics(self.bootstrap, [s.name for s in default_topic_specs(self.prefix, PARTITIONS, 1)]
+                      + worker_topics(self.app_id))
         self.backend.execute(f"DROP DATABASE IF EXISTS {self.database}")
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -69,7 +74,7 @@ class Pipeline:
         return proc
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", f"{self.prefix}corr",
+        return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", self.app_id,
                                       "--data-dir", str(self.workdir / "faust"), "--faust-loglevel", "info"])
 
     def start_sink(self) -> subprocess.Popen[bytes]:

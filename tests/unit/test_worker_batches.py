@@ -14,6 +14,7 @@ from faust.types import TP, Message
 
 from pipeline.core.correlator import Correlator
 from pipeline.core.state import CallState
+from pipeline.kafka.admin import CALLS_TABLE, worker_topics
 from pipeline.worker.app import CorrelatorRuntime, by_partition, forget_read_offsets, ignore_gaps
 from pipeline.worker.table_store import TableStore, current_event
 from tests.unit.builders import call, make_config
@@ -47,7 +48,7 @@ class _Event:
 
 def _table(app_id: str = "unit-worker") -> Any:
     app = faust.App(app_id, broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
-    return app.Table("calls", default=None, partitions=3)
+    return app.Table(CALLS_TABLE, default=None, partitions=3)
 
 
 async def _restore(table: Any, sent: list[tuple[str, bytes | None, bytes | None, int]]) -> None:
@@ -256,3 +257,11 @@ def test_ignore_gaps_only_for_the_events_topic() -> None:
     _run(add())
     assert not consumer._gap[TP("call-events", 0)]
     assert consumer._gap[TP("elsewhere", 0)]
+
+
+def test_worker_topics_are_the_ones_faust_creates() -> None:
+    """The demo, tests and benchmarks delete Faust's own topics by these names; a run
+    must not leave topics behind on the broker."""
+    table = _table("unit-cl")
+    leader = table.app._leader_assignor._leader_topic_name
+    assert worker_topics("unit-cl") == [table.changelog_topic.get_topic_name(), leader]
