@@ -156,12 +156,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     env = dict(os.environ) if env is None else env
-    parts = {}
+    parts: dict[str, Any] = {}
     for f in fields(Settings):
         section = raw.get(f.name, {})
         if not isinstance(section, dict):
             raise ConfigError(f"{f.name}: expected a table")
-        cls = f.default_factory  # type: ignore[misc]
+        cls = f.default_factory
         parts[f.name] = _section(cls, f.name, section, env)  # type: ignore[arg-type]
     settings = Settings(**parts)
     if settings.kafka.partitions < 1:
