@@ -148,17 +148,6 @@ def _fields(schema: Any) -> list[_Field]:
 # -- varints -------------------------------------------------------------------------
 
 
-def _zigzag_bytes(value: int) -> bytes:
-    """The Avro encoding of a long known at compile time (tags, enum indexes)."""
-    z = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def _write_varint(out: bytearray, z: int) -> None:
     """Append the varint of zigzagged `z`; a value outside 64 bits is fastavro's error."""
     if z >> 64:
@@ -167,6 +156,13 @@ def _write_varint(out: bytearray, z: int) -> None:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
+
+
+def _zigzag_bytes(value: int) -> bytes:
+    """The Avro encoding of a long known at compile time (tags, enum indexes)."""
+    out = bytearray()
+    _write_varint(out, (value << 1) ^ (value >> 63))
+    return bytes(out)
 
 
 def _read_long_slow(buf: bytes, pos: int) -> tuple[int, int]:
@@ -531,17 +527,6 @@ def compile_encoder(
             continue
         null_tag = _zigzag_bytes(f.null_index)
         value_tag = _zigzag_bytes(1 - f.null_index)
-        if f.kind == "enum":  # one lookup for the tag and the symbol; None is in the table
-            encoded = {sym: value_tag + _zigzag_bytes(i) for i, sym in enumerate(f.spec)}
-            table = s.const("symbols", encoded)
-            s.emit(2, "if v is None:")
-            s.emit(3, f"out += {null_tag!r}")
-            s.emit(2, "else:")
-            s.emit(3, f"b = {table}.get(v) if type(v) is str else None")
-            s.emit(3, "if b is None:")
-            s.emit(4, "raise _Defer")
-            s.emit(3, "out += b")
-            continue
         s.emit(2, "if v is None:")
         s.emit(3, f"out += {null_tag!r}")
         s.emit(2, "else:")
