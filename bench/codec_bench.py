@@ -11,26 +11,25 @@ does. Per record, in microseconds, for what the worker and sink do per message:
   decode RatedCdr    codec.decode_cdr_record
   encode CallEvent   codec.encode_event_dict (the publisher)
 
-"fastavro" is the codec as it was before the compiled path (BytesIO plus
-fastavro.schemaless_writer / schemaless_reader, same header and checks); "compiled" is
-pipeline.codec now. Each round times every pair back to back over all records; the best
-round of each is printed, so other load on the machine affects both alike.
+"fastavro" is the codec as it was before the compiled path (codec.fastavro_encode and
+fastavro_decode: BytesIO plus fastavro.schemaless_writer / schemaless_reader, same
+header and checks); "compiled" is pipeline.codec now. Each round times every pair back
+to back over all records; the best round of each is printed, so other load on the
+machine affects both alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fastavro  # noqa: E402
 
 from pipeline import codec  # noqa: E402
 from pipeline.core.cdr import RatedCdr  # noqa: E402
@@ -45,42 +44,20 @@ CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
 # -- the fastavro codec as it was -------------------------------------------------------
 
 
-def _fa_encode(kind: codec.AvroType, record: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(codec.MAGIC)
-    buffer.write(kind.fingerprint)
-    fastavro.schemaless_writer(buffer, kind.schema, record)
-    return buffer.getvalue()
-
-
-def _fa_decode(kind: codec.AvroType, data: bytes) -> dict[str, Any]:
-    if len(data) < 10 or data[:2] != codec.MAGIC:
-        raise ValueError("bad magic")
-    writer = kind.writers[bytes(data[2:10])]
-    buffer = io.BytesIO(data)
-    buffer.seek(10)
-    record = cast(dict[str, Any], fastavro.schemaless_reader(buffer, writer, kind.schema))
-    if buffer.tell() != len(data):
-        raise ValueError("trailing bytes")
-    return record
-
-
 def fa_decode_event_dict(data: bytes) -> dict[str, Any]:
-    return _fa_decode(codec.CALL_EVENT, data)
+    return codec.fastavro_decode(codec.CALL_EVENT, data)
 
 
 def fa_encode_cdr(cdr: RatedCdr) -> bytes:
-    record = cdr._asdict()
-    record["flags"] = list(cdr.flags)
-    return _fa_encode(codec.RATED_CDR, record)
+    return codec.fastavro_encode(codec.RATED_CDR, codec.cdr_record(cdr))
 
 
 def fa_decode_cdr_record(data: bytes) -> dict[str, Any]:
-    return _fa_decode(codec.RATED_CDR, data)
+    return codec.fastavro_decode(codec.RATED_CDR, data)
 
 
 def fa_encode_event_dict(raw: dict[str, Any]) -> bytes:
-    return _fa_encode(codec.CALL_EVENT, {name: raw.get(name) for name in FIELD_NAMES})
+    return codec.fastavro_encode(codec.CALL_EVENT, {name: raw.get(name) for name in FIELD_NAMES})
 
 
 # -- records --------------------------------------------------------------------------

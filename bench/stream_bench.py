@@ -20,7 +20,6 @@ creates are deleted at the end.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import signal
@@ -34,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import fastavro
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -99,22 +97,9 @@ def _end_offsets(topic: str) -> int:
     return total
 
 
-# The bare chains decode and encode with plain fastavro, as issue 4 defines them; the
-# worker and the sink use the compiled codec (pipeline/avro_compiled.py), several times
-# faster (bench/codec_bench.py).
-_fastavro_cdr = codec._fastavro_encoder(codec.RATED_CDR)
-
-
-def fastavro_decode(kind: codec.AvroType, data: bytes) -> dict[str, Any]:
-    body = io.BytesIO(data)
-    body.seek(10)  # magic and fingerprint; the bench writes the current schemas only
-    return fastavro.schemaless_reader(body, kind.schema, None)  # type: ignore[no-any-return]
-
-
-def fastavro_encode_cdr(cdr: Any) -> bytes:
-    record = cdr._asdict()
-    record["flags"] = list(cdr.flags)
-    return _fastavro_cdr(record)
+# The bare chains decode and encode with plain fastavro (codec.fastavro_decode and
+# fastavro_encode), as issue 4 defines them; the worker and the sink use the compiled
+# codec (pipeline/avro_compiled.py), several times faster (bench/codec_bench.py).
 
 
 def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
@@ -138,11 +123,11 @@ def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
             if codec.is_tick(headers):
                 out = corr.advance(codec.decode_tick(msg.value()), msg.offset())
             else:
-                event = parse_event(fastavro_decode(codec.CALL_EVENT, msg.value()))
+                event = parse_event(codec.fastavro_decode(codec.CALL_EVENT, msg.value()))
                 out = corr.on_event(event, msg.offset())
             for cdr in out:
-                producer.produce(dst, key=cdr.call_id.encode(), value=fastavro_encode_cdr(cdr),
-                                 partition=part)
+                value = codec.fastavro_encode(codec.RATED_CDR, codec.cdr_record(cdr))
+                producer.produce(dst, key=cdr.call_id.encode(), value=value, partition=part)
                 cdrs += 1
             producer.poll(0)
     producer.flush(60)
@@ -197,7 +182,7 @@ def bare_sink(topic: str, total: int, backend: Any, database: str) -> float:
             if msg.error():
                 continue
             seen += 1
-            batch.append(cdr_row(fastavro_decode(codec.RATED_CDR, msg.value())))
+            batch.append(cdr_row(codec.fastavro_decode(codec.RATED_CDR, msg.value())))
             if len(batch) >= 5000:
                 insert_cdr_rows(backend, batch, row_digest(batch), database)
                 batch = []

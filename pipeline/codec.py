@@ -15,6 +15,7 @@ compiler does not support is left to fastavro entirely.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -71,7 +72,7 @@ def _load(name: str) -> AvroType:
     decoder = compiled_decoder(current)
     if decoder is None:
         return kind
-    fallback = _fastavro_encoder(kind)
+    fallback = functools.partial(fastavro_encode, kind)
     encoder = avro_compiled.compile_encoder(current, fallback, prefix=MAGIC + kind.fingerprint)
     return AvroType(kind.name, current, kind.fingerprint, writers, decoder, encoder)
 
@@ -85,17 +86,21 @@ def compiled_decoder(schema: Any) -> avro_compiled.Decoder | None:
         return None
 
 
-def _fastavro_encoder(kind: AvroType) -> Callable[[dict[str, Any]], bytes]:
-    """The reference encoding of a record dict: magic, fingerprint, fastavro body."""
+def fastavro_encode(kind: AvroType, record: dict[str, Any]) -> bytes:
+    """The reference encoding of a record dict, all fastavro: magic, fingerprint, body.
+    The compiled encoder's fallback, and the plain-fastavro codec of the benchmarks."""
+    buffer = io.BytesIO()
+    buffer.write(MAGIC)
+    buffer.write(kind.fingerprint)
+    fastavro.schemaless_writer(buffer, kind.schema, record)
+    return buffer.getvalue()
 
-    def encode(record: dict[str, Any]) -> bytes:
-        buffer = io.BytesIO()
-        buffer.write(MAGIC)
-        buffer.write(kind.fingerprint)
-        fastavro.schemaless_writer(buffer, kind.schema, record)
-        return buffer.getvalue()
 
-    return encode
+def fastavro_decode(kind: AvroType, data: bytes) -> dict[str, Any]:
+    """The reference decoding, all fastavro (with schema resolution from the writer's
+    schema), with the same checks and InvalidEvent errors as the codec's own."""
+    _check_magic(kind, data)
+    return _fastavro_decode(kind, data)
 
 
 CALL_EVENT = _load("call_event")
@@ -105,14 +110,27 @@ RATED_CDR = _load("rated_cdr")
 def _encode(kind: AvroType, record: dict[str, Any]) -> bytes:
     if kind.encoder is not None:
         return kind.encoder(record)
-    return _fastavro_encoder(kind)(record)
+    return fastavro_encode(kind, record)
 
 
 def _decode(kind: AvroType, data: bytes) -> dict[str, Any]:
-    if len(data) < _HEADER or data[:2] != MAGIC:
-        raise InvalidEvent(f"not an Avro single-object encoded {kind.name} (bad magic bytes)")
+    _check_magic(kind, data)
     if kind.decoder is not None and data[2:_HEADER] == kind.fingerprint:
         return _decode_compiled(kind, kind.decoder, data)
+    return _fastavro_decode(kind, data)
+
+
+def _check_magic(kind: AvroType, data: bytes) -> None:
+    if len(data) < _HEADER or data[:2] != MAGIC:
+        raise InvalidEvent(f"not an Avro single-object encoded {kind.name} (bad magic bytes)")
+
+
+def _check_consumed(kind: AvroType, end: int, data: bytes) -> None:
+    if end != len(data):
+        raise InvalidEvent(f"Avro {kind.name} body has {len(data) - end} trailing bytes")
+
+
+def _fastavro_decode(kind: AvroType, data: bytes) -> dict[str, Any]:
     writer = kind.writers.get(bytes(data[2:_HEADER]))
     if writer is None:
         raise InvalidEvent(
@@ -125,8 +143,7 @@ def _decode(kind: AvroType, data: bytes) -> dict[str, Any]:
         record = fastavro.schemaless_reader(buffer, writer, kind.schema)
     except Exception as exc:  # fastavro raises many types on corrupt bodies
         raise _corrupt(kind, exc) from None
-    if buffer.tell() != len(data):
-        raise InvalidEvent(f"Avro {kind.name} body has {len(data) - buffer.tell()} trailing bytes")
+    _check_consumed(kind, buffer.tell(), data)
     return record  # type: ignore[no-any-return]
 
 
@@ -143,8 +160,7 @@ def _decode_compiled(kind: AvroType, decoder: avro_compiled.Decoder, data: bytes
         raise InvalidEvent(f"corrupt Avro {kind.name} body: {exc}") from None
     except Exception as exc:  # not expected; the contract is InvalidEvent for any bad body
         raise _corrupt(kind, exc) from None
-    if end != len(data):
-        raise InvalidEvent(f"Avro {kind.name} body has {len(data) - end} trailing bytes")
+    _check_consumed(kind, end, data)
     return record
 
 
@@ -164,14 +180,15 @@ def _by_attribute(
     )
 
 
-def _cdr_record(cdr: RatedCdr) -> dict[str, Any]:
+def cdr_record(cdr: RatedCdr) -> dict[str, Any]:
+    """A RatedCdr as the Avro record its schema describes (`flags` a list)."""
     record = cdr._asdict()
     record["flags"] = list(cdr.flags)
     return record
 
 
 _encode_event_tuple = _by_attribute(CALL_EVENT, lambda event: event._asdict())
-_encode_cdr_tuple = _by_attribute(RATED_CDR, _cdr_record)
+_encode_cdr_tuple = _by_attribute(RATED_CDR, cdr_record)
 
 
 def encode_event(event: CallEvent) -> bytes:
