@@ -7,13 +7,14 @@ first record seen tells from where input is replayed, and every CDR whose last
 emission came from that input on is sent again (same version, same content), so
 a crash between the changelog write and the CDR send loses nothing.
 
-Records are taken in batches (`take_events`). Each partition's records in a batch
-are folded in order, then every call they changed is written once to the table
-and its changelog, on that partition (TableStore.flush). Faust acknowledges a
-batch's records only when the agent has finished it, and commits an offset only
-after flushing the producer, so a committed offset still means every CDR and
-state change before it was delivered. Faust's per-record path for table writes
-cost more than the billing core itself; see docs/streaming.md.
+Records are taken in batches, straight from Faust's fetch loop (Handoff). Each
+partition's records in a batch are folded in order, then every call they changed
+is written once to the table and its changelog, on that partition
+(TableStore.flush). A batch's records are acknowledged to Faust only when it is
+finished, and Faust commits an offset only after flushing the producer, so a
+committed offset still means every CDR and state change before it was delivered.
+Faust's per-record paths for stream delivery and table writes cost more than the
+billing core itself; see docs/streaming.md.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from pipeline.errors import InvalidEvent
 from pipeline.kafka.admin import CALLS_TABLE
 from pipeline.settings import Settings
 from pipeline.worker import metrics
-from pipeline.worker.lean import LeanMonitor, RawRecords, deliver_without_tasks
+from pipeline.worker.handoff import Handoff
+from pipeline.worker.lean import LeanMonitor, deliver_without_tasks
 from pipeline.worker.produce import BatchSender, Record
 from pipeline.worker.table_store import TableStore
 
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 # At most this many records per batch, and at most this long waiting to fill one.
 BATCH_MAX = 1000
 BATCH_WITHIN_S = 0.05
+# At most this many call-events records waiting for the correlator; Faust's fetch loop
+# waits for room beyond that.
+HANDOFF_MAX = 16384
 # Seconds between updates of a partition's gauges: counting its open calls walks the
 # partition's table, so it is not done per so many records (a large table made that
 # a per-record cost).
@@ -92,8 +97,8 @@ class CorrelatorRuntime:
             self.partitions.pop(partition, None)
             self.expected.pop(partition, None)
 
-    def in_order(self, partition: int, events: list[Any]) -> tuple[list[Any], int | None]:
-        """The events to fold, in offset order from the expected offset on, and the
+    def in_order(self, partition: int, messages: list[Any]) -> tuple[list[Any], int | None]:
+        """The records to fold, in offset order from the expected offset on, and the
         offset to send the consumer back to if records are missing (else None).
 
         call-events has neither compaction nor transaction markers, so a partition's
@@ -108,14 +113,14 @@ class CorrelatorRuntime:
         expected = self.expected[partition]
         ready: list[Any] = []
         missing = False
-        for event in events:
-            offset = event.message.offset
+        for message in messages:
+            offset = message.offset
             if offset == expected:
-                ready.append(event)
+                ready.append(message)
                 expected += 1
             elif offset > expected:
                 missing = True
-                event.message.acked = True  # Faust then never counts it as processed
+                message.acked = True  # Faust then never counts it as processed
         self.expected[partition] = expected
         return ready, (expected if missing else None)
 
@@ -185,11 +190,11 @@ def set_fetch_wait(consumer: Any, wait_ms: int, min_bytes: int = 1) -> None:
     fetcher._fetch_min_bytes = min_bytes
 
 
-def by_partition(events: list[Any]) -> dict[int, list[Any]]:
-    """A batch's events per partition, each partition's in offset order."""
+def by_partition(messages: list[Any]) -> dict[int, list[Any]]:
+    """A batch's records per partition, each partition's in offset order."""
     parts: dict[int, list[Any]] = {}
-    for event in events:
-        parts.setdefault(event.message.partition, []).append(event)
+    for message in messages:
+        parts.setdefault(message.partition, []).append(message)
     return parts
 
 
@@ -212,7 +217,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         producer_max_batch_size=512 * 1024,
         producer_compression_type=None if worker.compression == "none" else worker.compression,
         broker_max_poll_records=2000,
-        stream_buffer_maxsize=16384,
+        stream_buffer_maxsize=HANDOFF_MAX,
         web_enabled=False,
         table_cleanup_interval=3600.0,
         # Faust's default, kept on purpose: a rebalance waits until the batches being
@@ -222,7 +227,12 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         consumer_auto_offset_reset="earliest",
         monitor=LeanMonitor(),
     )
-    events_topic = app.topic(kafka.call_events, schema=RawRecords())
+    # Subscribed through Faust's conductor as an agent's topic would be; its records
+    # reach the correlator through the handoff, not through Faust's stream delivery.
+    events_topic = app.topic(kafka.call_events, key_serializer="raw", value_serializer="raw")
+    app.topics.add(events_topic)
+    handoff = Handoff(app, kafka.call_events, maxsize=HANDOFF_MAX)
+    app.topics.on_message = handoff.wrap(app.topics.on_message)  # the consumer's callback
     dlq_topic = app.topic(kafka.dlq, key_serializer="raw", value_serializer="raw")
     # Keys are call ids (str), values {"p": partition, "s": CallState.to_dict()}; both
     # JSON in the changelog topic <app_id>-calls-changelog.
@@ -297,13 +307,13 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         low, _high = client.get_watermark_offsets(tp, timeout=30)
         return int(max(committed, low))
 
-    async def process(partition: int, events: list[Any]) -> None:
+    async def process(partition: int, messages: list[Any]) -> None:
         """One partition's records of a batch, in order; then its changed calls, once each."""
         if partition not in runtime.expected:
             runtime.expected[partition] = await asyncio.get_running_loop().run_in_executor(
                 None, resume_offset, partition)
         first = runtime.expected[partition]
-        events, seek_to = runtime.in_order(partition, events)
+        messages, seek_to = runtime.in_order(partition, messages)
         if seek_to is not None:
             metrics.OFFSET_GAPS.inc()
             log.warning("%s[%s]: records from offset %s are missing (a stale fetch after a "
@@ -311,7 +321,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
                         kafka.call_events, partition, seek_to, seek_to)
             # Faust's thread-safe seek; it also resets Faust's read offset of the partition.
             await app.consumer.seek_wait({TP(kafka.call_events, partition): seek_to})
-        if not events:
+        if not messages:
             return
         held, resend = runtime.partition(partition, first)
         # The CDRs of the partition's records, sent as one batch (in order) after them.
@@ -319,28 +329,35 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         if resend:
             metrics.REEMITTED.inc(len(resend))
             encode_cdrs(resend, out)
-        for event in events:
+        for message in messages:
             try:
-                cdrs = fold(held, event.message)
+                cdrs = fold(held, message)
             except InvalidEvent as exc:
-                await dead_letter(event.message, exc)
+                await dead_letter(message, exc)
                 continue
             if cdrs:
                 encode_cdrs(cdrs, out)
         await sender.send(kafka.cdrs, partition, out)
-        await held.store.flush(sender, events[-1])
+        last = messages[-1]
+        await held.store.flush(sender, app.create_event(last.key, last.value, last.headers, last))
         now = time.monotonic()
         if now - held.observed_at >= OBSERVE_EVERY_S:
             held.observed_at = now
-            _observe(held, partition, app, events[-1].message)
+            _observe(held, partition, app, last)
 
-    @app.agent(events_topic)
-    async def correlate(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-            for partition, part in by_partition(events).items():
+    async def correlate() -> None:
+        """Batches of call-events records, one partition's records at a time; each
+        batch acknowledged to Faust when it is finished. An error here crashes the
+        app (Faust stops it and logs the traceback); the batch is not acknowledged,
+        so a restart folds it again."""
+        while True:
+            batch = await handoff.take(BATCH_MAX, BATCH_WITHIN_S)
+            for partition, part in by_partition(batch).items():
                 await process(partition, part)
+            handoff.ack(batch)
 
-    app.correlate_agent = correlate  # type: ignore[attr-defined]
+    app.task(correlate)  # started once the app is up (after table recovery)
+    app.handoff = handoff  # type: ignore[attr-defined]
     app.runtime = runtime  # type: ignore[attr-defined]
     return app
 

@@ -1,17 +1,15 @@
 """Faust's per-record costs the worker does without.
 
-Through Faust's own extension points:
+Through Faust's own extension point:
 
-- `RawRecords`, the call-events topic's schema: the agent decodes records itself
-  (codec, billing core), so Faust hands key and value over as the bytes they are,
-  without a pass through its serializer registry per record.
 - `LeanMonitor`: Faust's default monitor keeps per-record statistics (messages in
   and out, per-stream event counts and timings) for its web views, which the
   worker does not run. The worker's Prometheus metrics say what operators need;
   the per-partition and commit bookkeeping Faust itself reads is kept.
 
 And one that has none: `deliver_without_tasks`, for the fetch loop's two tasks
-per record.
+per record. (The call-events records themselves skip Faust's stream delivery: see
+handoff.py.)
 """
 
 from __future__ import annotations
@@ -21,20 +19,8 @@ import types
 from collections.abc import Generator
 from typing import Any
 
-import faust
 from faust.sensors import Monitor
 from mode.services import WaitResults
-
-
-class RawRecords(faust.Schema):  # type: ignore[type-arg]
-    def compile(self, app: Any, *, on_key_decode_error: Any = None,
-                on_value_decode_error: Any = None, default_propagate: bool = False) -> Any:
-        create_event = app.create_event
-
-        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
-            return create_event(message.key, message.value, message.headers, message)
-
-        return decode
 
 
 class LeanMonitor(Monitor):

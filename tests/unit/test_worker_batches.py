@@ -190,10 +190,10 @@ def test_current_event_is_restored_after_an_error() -> None:
 
 
 def test_by_partition_keeps_each_partition_s_order() -> None:
-    events = [SimpleNamespace(message=SimpleNamespace(partition=p, offset=o))
-              for p, o in [(0, 5), (1, 9), (0, 6), (2, 1), (1, 10), (0, 7)]]
-    parts = by_partition(events)
-    offsets = {p: [e.message.offset for e in es] for p, es in parts.items()}
+    messages = [SimpleNamespace(partition=p, offset=o)
+                for p, o in [(0, 5), (1, 9), (0, 6), (2, 1), (1, 10), (0, 7)]]
+    parts = by_partition(messages)
+    offsets = {p: [m.offset for m in ms] for p, ms in parts.items()}
     assert offsets == {0: [5, 6, 7], 1: [9, 10], 2: [1]}
 
 
@@ -214,15 +214,14 @@ def test_forget_read_offsets_clears_only_the_assigned_partitions() -> None:
 
 
 def _records(partition: int, *offsets: int) -> list[Any]:
-    return [SimpleNamespace(message=SimpleNamespace(partition=partition, offset=o, acked=False))
-            for o in offsets]
+    return [SimpleNamespace(partition=partition, offset=o, acked=False) for o in offsets]
 
 
 def test_in_order_folds_contiguous_records_and_passes_over_redeliveries() -> None:
     runtime = CorrelatorRuntime(config=None, table=None)  # type: ignore[arg-type]
     runtime.expected[0] = 5
     ready, seek_to = runtime.in_order(0, _records(0, 3, 4, 5, 6, 7))
-    assert [e.message.offset for e in ready] == [5, 6, 7]
+    assert [m.offset for m in ready] == [5, 6, 7]
     assert seek_to is None
     assert runtime.expected[0] == 8
 
@@ -234,13 +233,13 @@ def test_a_gap_refuses_later_records_unacknowledged_and_seeks_back() -> None:
     ready, seek_to = runtime.in_order(2, batch)
     assert ready == [] and seek_to == 0
     # Refused records are marked so that Faust never records them as processed.
-    assert all(e.message.acked for e in batch)
+    assert all(m.acked for m in batch)
     # More stale records before the re-fetch arrives: refused, and sent back again.
     ready, seek_to = runtime.in_order(2, _records(2, 2003))
     assert ready == [] and seek_to == 0
     # The re-fetch from 0 is folded; the records refused before come again in order.
     ready, seek_to = runtime.in_order(2, _records(2, 0, 1, 2))
-    assert [e.message.offset for e in ready] == [0, 1, 2] and seek_to is None
+    assert [m.offset for m in ready] == [0, 1, 2] and seek_to is None
     assert runtime.expected[2] == 3
 
 
