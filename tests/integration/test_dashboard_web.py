@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +27,7 @@ from pipeline.dashboard.refresh import refresh_aggregates
 from pipeline.dashboard.synthetic import python_cdrs
 from pipeline.storage import insert_cdrs, migrate
 from pipeline.storage.backend import ClickHouseBackend
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -97,12 +97,6 @@ def keep_logging() -> Iterator[None]:
         yield
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve(data: Loaded, token: str = TOKEN) -> Iterator[str]:
     """The dashboard app on 127.0.0.1 in a thread; yields its base URL."""
@@ -117,7 +111,7 @@ def serve(data: Loaded, token: str = TOKEN) -> Iterator[str]:
     state = DashboardState(
         pool=pool, database=data.database, gate=TokenGate(token), page_refresh_s=0
     )
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
     )

@@ -40,6 +40,7 @@ from pipeline.storage.backend import ClickHouseBackend
 from pipeline.storage.cdr_store import fetch_newest
 from pipeline.storage.errors import StorageError, StorageUnavailable
 from pipeline.storage.migrate import migrate
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -651,12 +652,6 @@ def test_a_second_sink_joining_the_group_loses_and_duplicates_nothing(
 
 
 # ---------------------------------------------------------------- command line
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_cli_sink_migrates_stores_serves_metrics_and_stops_cleanly_on_sigterm(
