@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -250,16 +251,17 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         set_fetch_wait(app.consumer, worker.fetch_wait_ms, worker.fetch_min_bytes)
         deliver_without_tasks(app.consumer)
 
-    events_in = metrics.EVENTS_IN.labels("event")
-    ticks_in = metrics.EVENTS_IN.labels("tick")
+    # Counted per batch and added to the Prometheus counters once per batch: a counter's
+    # inc takes a lock, and per record that was about 3% of the worker's time.
+    records_in = {kind: metrics.EVENTS_IN.labels(kind) for kind in ("event", "tick")}
 
     sender = BatchSender(app.producer)
     cdrs_out = {decision: metrics.CDRS_OUT.labels(decision) for decision in DECISIONS}
 
-    def encode_cdrs(cdrs: list[RatedCdr], out: list[Record]) -> None:
+    def encode_cdrs(cdrs: list[RatedCdr], out: list[Record], counts: Counter[str]) -> None:
         for cdr in cdrs:
             out.append((cdr.call_id.encode(), codec.encode_cdr(cdr)))
-            cdrs_out[cdr.record_decision].inc()
+            counts[cdr.record_decision] += 1
 
     async def dead_letter(message: Any, exc: InvalidEvent) -> None:
         headers = [
@@ -276,12 +278,12 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         log.warning("%s[%s]@%s to dead-letter: %s",
                     message.topic, message.partition, message.offset, exc.reason)
 
-    def fold(held: PartitionState, message: Any) -> list[RatedCdr]:
+    def fold(held: PartitionState, message: Any, counts: Counter[str]) -> list[RatedCdr]:
         """One record into its partition's Correlator; raises InvalidEvent for a bad one."""
         if codec.is_tick(_headers(message)):
-            ticks_in.inc()
+            counts["tick"] += 1
             return held.correlator.advance(codec.decode_tick(message.value or b""), message.offset)
-        events_in.inc()
+        counts["event"] += 1
         call_event = parse_event(codec.decode_event_dict(message.value or b""))
         key = message.key.decode("utf-8", "replace") if message.key else None
         if key is not None and key != call_event.call_id:
@@ -326,17 +328,23 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         held, resend = runtime.partition(partition, first)
         # The CDRs of the partition's records, sent as one batch (in order) after them.
         out: list[Record] = []
+        kinds: Counter[str] = Counter()  # records in, by kind
+        decisions: Counter[str] = Counter()  # CDRs out, by decision
         if resend:
             metrics.REEMITTED.inc(len(resend))
-            encode_cdrs(resend, out)
+            encode_cdrs(resend, out, decisions)
         for message in messages:
             try:
-                cdrs = fold(held, message)
+                cdrs = fold(held, message, kinds)
             except InvalidEvent as exc:
                 await dead_letter(message, exc)
                 continue
             if cdrs:
-                encode_cdrs(cdrs, out)
+                encode_cdrs(cdrs, out, decisions)
+        for kind, count in kinds.items():
+            records_in[kind].inc(count)
+        for decision, count in decisions.items():
+            cdrs_out[decision].inc(count)
         await sender.send(kafka.cdrs, partition, out)
         last = messages[-1]
         await held.store.flush(sender, app.create_event(last.key, last.value, last.headers, last))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, TopicPartition
+
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
@@ -73,9 +75,21 @@ class Pipeline:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
+        metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
         return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", self.app_id,
-                                      "--data-dir", str(self.workdir / "faust"), "--faust-loglevel", "info"])
+                                      "--data-dir", str(self.workdir / "faust"), "--faust-loglevel", "info",
+                                      *metrics])
+
+    def topic_records(self, topic: str) -> int:
+        """How many records `topic` (without the prefix) holds: the sum of its partitions'
+        end offsets (no transactions, no compaction: one offset per record)."""
+        client = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.prefix}count"})
+        try:
+            return sum(client.get_watermark_offsets(TopicPartition(f"{self.prefix}{topic}", p),
+                                                    timeout=30)[1] for p in range(PARTITIONS))
+        finally:
+            client.close()
 
     def start_sink(self) -> subprocess.Popen[bytes]:
         url = f"native://{self.backend.host}:{self.backend.port}/{self.database}"

@@ -9,13 +9,16 @@ and two workers sharing the partitions, change nothing.
 from __future__ import annotations
 
 import signal
+import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.switch.publisher import SwitchPublisher
-from pipeline.switch.simulator import FaultMix, publish
-from tests.e2e.harness import Pipeline, offline_final, traffic
+from pipeline.switch.simulator import FaultMix, Tick, publish
+from tests.e2e.harness import PARTITIONS, Pipeline, offline_final, traffic
+from tests.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +47,31 @@ def test_stream_equals_offline(pipeline: Pipeline) -> None:
     assert all(stats.faults[k] > 0 for k in ("dup", "reorder", "missing_answer", "missing_setup",
                                                "missing_hangup", "second_hangup"))
     expected = offline_final(items, config)
-    pipeline.start_worker()
+    port = free_port()
+    pipeline.start_worker(metrics_port=port)
     pipeline.start_sink()
     _publish(pipeline, items)
     _assert_equal(pipeline, expected)
+    # The worker's counters tell the same story as the topics: every record read once
+    # (one worker, no rebalance), and one CDR counted for each record on cdrs.
+    counters = _samples(f"http://127.0.0.1:{port}/metrics")
+    ticks = sum(isinstance(item, Tick) for item in items)  # each to every partition
+    assert counters.get(("cdr_worker_events_total", "kind", "event")) == len(items) - ticks
+    assert counters.get(("cdr_worker_events_total", "kind", "tick")) == ticks * PARTITIONS > 0
+    cdrs = sum(v for (name, _, _), v in counters.items() if name == "cdr_worker_cdrs_total")
+    assert cdrs == pipeline.topic_records("cdrs") > len(expected)
+
+
+def _samples(url: str) -> dict[tuple[str, str, str], float]:
+    """The counter samples a /metrics page serves, by (name, label, label value)."""
+    with urllib.request.urlopen(url, timeout=30) as page:  # noqa: S310 - an http:// URL built here
+        text = page.read().decode()
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                out[(sample.name, label, value)] = sample.value
+    return out
 
 
 @pytest.mark.parametrize(("component", "seed"), [("worker", 12), ("sink", 13)])
