@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -68,7 +68,8 @@ def _load(name: str) -> AvroType:
     for older in sorted((base / "history").glob(f"{name}.*.avsc")):
         parsed = fastavro.parse_schema(json.loads(older.read_text()))
         writers[_fingerprint(parsed)] = parsed
-    kind = AvroType(current["name"].rsplit(".", 1)[-1], current, _fingerprint(current), writers)
+    full_name = cast(dict[str, Any], current)["name"]
+    kind = AvroType(full_name.rsplit(".", 1)[-1], current, _fingerprint(current), writers)
     decoder = compiled_decoder(current)
     if decoder is None:
         return kind
@@ -144,7 +145,7 @@ def _fastavro_decode(kind: AvroType, data: bytes) -> dict[str, Any]:
     except Exception as exc:  # fastavro raises many types on corrupt bodies
         raise _corrupt(kind, exc) from None
     _check_consumed(kind, buffer.tell(), data)
-    return record  # type: ignore[no-any-return]
+    return record  # type: ignore[return-value]
 
 
 def _corrupt(kind: AvroType, exc: Exception) -> InvalidEvent:

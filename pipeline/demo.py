@@ -95,7 +95,8 @@ def _wait_for_cdrs(backend: Any, database: str, call_prefix: str, expected: Expe
             return time.monotonic() - started
         for proc in procs:
             if proc.poll() is not None:
-                raise PipelineError(f"{proc.args[3]} exited with code {proc.returncode}; see its log")
+                command = proc.args[3] if isinstance(proc.args, list) else proc.args
+                raise PipelineError(f"{command!s} exited with code {proc.returncode}; see its log")
         time.sleep(0.5)  # polling ClickHouse for a condition, bounded by timeout_s
     missing = len(set(expected.versions) - set(stored))
     behind = sum(1 for c, v in expected.versions.items() if c in stored and stored[c] != v)

@@ -415,7 +415,7 @@ def row_digest(rows: Iterable[Sequence[Any]]) -> str:
     """sha256 of the sorted (call_id, version) pairs of `cdr_row` rows: a batch's
     content identity for its deduplication token (order-independent; CDRs are
     deterministic, so equal pairs mean equal rows)."""
-    return _pairs_digest(row[:2] for row in rows)
+    return _pairs_digest((str(row[0]), int(row[1])) for row in rows)
 
 
 def _pairs_digest(pairs: Iterable[tuple[str, int]]) -> str:

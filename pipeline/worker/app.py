@@ -240,11 +240,13 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     table = app.Table(CALLS_TABLE, default=None, partitions=kafka.partitions)
     runtime = CorrelatorRuntime(config, table)
 
-    @app.on_partitions_revoked.connect
+    # Faust sends these signals with the partitions as the one positional argument (its
+    # signal type asks for handlers taking any positional arguments).
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         runtime.revoke({tp.partition for tp in revoked if tp.topic == kafka.call_events})
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: set[TP], **_: Any) -> None:
         forget_read_offsets(app.consumer, {tp for tp in assigned if tp.topic == kafka.call_events})
         ignore_gaps(app.consumer, kafka.call_events)

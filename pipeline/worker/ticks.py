@@ -22,7 +22,6 @@ def install_ticker(app: Any, settings: Any) -> None:
     topic = app.topic(settings.kafka.call_events, key_serializer="raw", value_serializer="raw")
     lag_ms = int(settings.worker.tick_lag_s * 1000)
 
-    @app.timer(interval)
     async def tick() -> None:
         now_ms = int(time.time() * 1000) - lag_ms
         for partition in range(settings.kafka.partitions):
@@ -31,3 +30,5 @@ def install_ticker(app: Any, settings: Any) -> None:
                 partition=partition,
                 headers=[(codec.RECORD_HEADER, codec.TICK)],
             )
+
+    app.timer(interval)(tick)
