@@ -94,3 +94,15 @@ class RatedCdr(NamedTuple):
 
 
 CDR_FIELDS: tuple[str, ...] = RatedCdr._fields
+
+
+def call_anchor(cdr: RatedCdr) -> int | None:
+    """Where a call is filed in time: its SETUP time, else (a SETUP_MISSING call) its
+    answer or end time; None for a CDR with none of them. The `cdr` table's
+    `call_start_ms` rule. The correlator pins the value of a call's first CDR
+    (CallState.anchor_ms), so that a later version that gains an earlier time is
+    still filed with the first."""
+    for value in (cdr.setup_ts_ms, cdr.answer_ts_ms, cdr.end_ts_ms):
+        if value is not None:
+            return value
+    return None

@@ -222,3 +222,41 @@ def test_state_dict_follows_each_slot_when_an_earlier_event_wins(cfg: BillingCon
     first = state.to_dict()
     assert first["events"][0] == setup.to_dict() and first["seen"] == sorted({"s-late", setup.event_id})
     assert CallState.from_dict(first) == state
+
+
+def test_a_call_keeps_the_start_of_its_first_cdr_when_a_late_setup_moves_it(
+    cfg: BillingConfig,
+) -> None:
+    """A SETUP that arrives after the call's SETUP_MISSING CDR gives the next version an
+    earlier time; the call stays filed under the first CDR's start (storage collapses a
+    call's versions only under one start)."""
+    from pipeline.core.cdr import call_anchor
+    from pipeline.core.state import CallState
+
+    setup, ringing, answer, hangup = call()
+    correlator = Correlator(cfg)
+    for event in (ringing, answer, hangup):
+        correlator.on_event(event)
+    grace_ms = cfg.policy.reorder_grace_s * 1000
+    first = correlator.advance(hangup.ts_ms + grace_ms)  # the grace runs out: SETUP_MISSING
+    assert [c.status for c in first] == ["SETUP_MISSING"]
+    assert correlator.anchor("c1") == call_anchor(first[0]) == answer.ts_ms
+    second = correlator.on_event(setup)
+    assert [c.status for c in second] == ["COMPLETE"]
+    assert call_anchor(second[0]) == setup.ts_ms != answer.ts_ms  # the CDR's own start moved
+    assert correlator.anchor("c1") == answer.ts_ms  # the call's did not
+    state = correlator.store["c1"]
+    assert CallState.from_dict(state.to_dict()).anchor_ms == answer.ts_ms
+    # A state written before the anchor existed loads without one.
+    old = state.to_dict()
+    del old["anchor_ms"]
+    assert CallState.from_dict(old).anchor_ms is None
+
+
+def test_a_call_complete_at_first_is_filed_at_its_setup(cfg: BillingConfig) -> None:
+    correlator = Correlator(cfg)
+    events = call()
+    for event in events:
+        correlator.on_event(event)
+    assert correlator.anchor("c1") == events[0].ts_ms
+    assert correlator.anchor("unknown") is None
