@@ -253,3 +253,32 @@ def is_tick(headers: list[tuple[str, bytes]] | dict[str, bytes] | None) -> bool:
         return False
     items = headers.items() if isinstance(headers, dict) else headers
     return any(k == RECORD_HEADER and v == TICK for k, v in items)
+
+
+# -- a CDR's storage anchor ----------------------------------------------------------
+# The worker sends each CDR with a header naming its call's pinned start
+# (CallState.anchor_ms, epoch ms as ASCII digits): the sink files every version of the
+# call under it (`cdr.call_start_ms`), even one that gained an earlier time (a SETUP
+# after a SETUP_MISSING CDR). A CDR without the header is filed under its own start.
+CALL_START_HEADER = "cdr-call-start-ms"
+
+
+def call_start_header(anchor_ms: int) -> tuple[str, bytes]:
+    return (CALL_START_HEADER, str(int(anchor_ms)).encode("ascii"))
+
+
+def call_start_from(headers: Any) -> int | None:
+    """The pinned start a CDR record's headers (a list of pairs or a dict, values bytes
+    or str, as Kafka clients give them) carry, None without one; InvalidEvent when the
+    header is not epoch milliseconds."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items:
+        if key == CALL_START_HEADER:
+            raw = value.encode() if isinstance(value, str) else (value or b"")
+            if raw.isdigit() and len(raw) <= 16:  # ASCII digits, and no further than year 2286
+                return int(raw)
+            raise InvalidEvent(f"header {CALL_START_HEADER} {raw[:32]!r} is not epoch "
+                               "milliseconds", CALL_START_HEADER)
+    return None

@@ -45,7 +45,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.codec import decode_cdr_record
+from pipeline.codec import call_start_from, decode_cdr_record
 from pipeline.errors import InvalidEvent, PipelineError
 from pipeline.sink import metrics
 from pipeline.sink.batcher import Batch, Batcher, PartitionKey
@@ -420,7 +420,11 @@ class SinkService:
             self._batcher.add(key, offset, None, now)
             return
         try:
-            row = cdr_row(decode_cdr_record(value))
+            record = decode_cdr_record(value)
+            pinned = call_start_from(msg.headers())
+            if pinned is not None:
+                record["call_start_ms"] = pinned  # the call's start as its first CDR gave it
+            row = cdr_row(record)
         except InvalidEvent as exc:
             self._dead_letter(msg, exc.reason, exc.category)
             self._batcher.add(key, offset, None, now)

@@ -260,9 +260,14 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
     sender = BatchSender(app.producer)
     cdrs_out = {decision: metrics.CDRS_OUT.labels(decision) for decision in DECISIONS}
 
-    def encode_cdrs(cdrs: list[RatedCdr], out: list[Record], counts: Counter[str]) -> None:
+    def encode_cdrs(cdrs: list[RatedCdr], out: list[Record], counts: Counter[str],
+                    correlator: Correlator) -> None:
+        """Each CDR as a record, with its call's pinned start in a header (the sink files
+        every version of the call under it)."""
         for cdr in cdrs:
-            out.append((cdr.call_id.encode(), codec.encode_cdr(cdr)))
+            anchor = correlator.anchor(cdr.call_id)
+            headers = [] if anchor is None else [codec.call_start_header(anchor)]
+            out.append((cdr.call_id.encode(), codec.encode_cdr(cdr), headers))
             counts[cdr.record_decision] += 1
 
     async def dead_letter(message: Any, exc: InvalidEvent) -> None:
@@ -334,7 +339,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         decisions: Counter[str] = Counter()  # CDRs out, by decision
         if resend:
             metrics.REEMITTED.inc(len(resend))
-            encode_cdrs(resend, out, decisions)
+            encode_cdrs(resend, out, decisions, held.correlator)
         for message in messages:
             try:
                 cdrs = fold(held, message, kinds)
@@ -342,7 +347,7 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
                 await dead_letter(message, exc)
                 continue
             if cdrs:
-                encode_cdrs(cdrs, out, decisions)
+                encode_cdrs(cdrs, out, decisions, held.correlator)
         for kind, count in kinds.items():
             records_in[kind].inc(count)
         for decision, count in decisions.items():

@@ -24,7 +24,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-Record = tuple[bytes | None, bytes | None]  # key, value
+Headers = list[tuple[str, bytes]]  # a list: aiokafka's compiled batch builder takes no other
+Record = tuple[bytes | None, bytes | None, Headers]  # key, value, headers
 
 # Exit status of a worker that stopped because Kafka did not take its output.
 EXIT_DELIVERY_FAILED = 75
@@ -58,12 +59,12 @@ class BatchSender:
         aio = self._producer._ensure_producer()  # the AIOKafkaProducer, started by Faust
         batch = aio.create_batch()
         count = 0
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
+        for key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 await self._submit(aio, batch, topic, partition)
                 batch = aio.create_batch()
                 count = 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"{topic}[{partition}]: a record of {len(value or b'')} bytes "
                                      "is larger than the producer's batch size")
             count += 1

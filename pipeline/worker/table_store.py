@@ -100,7 +100,7 @@ class TableStore(MutableMapping[str, CallState]):
                     record = {"p": partition, "s": state.to_dict()}
                     data[call_id] = record
                     value = dump_value(record)
-                records.append((dump_key(call_id).encode(), value))
+                records.append((dump_key(call_id).encode(), value, []))
         self._changed.clear()
         sent = await sender.send(self._tp.topic, partition, records)
         if sent is not None:

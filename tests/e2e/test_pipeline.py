@@ -38,6 +38,12 @@ def _assert_equal(pipeline: Pipeline, expected: dict[str, Any]) -> None:
         raise AssertionError(f"{exc}\n{pipeline.diagnose(want, expected)}") from None
     got = pipeline.newest_cdrs()
     assert set(got) == set(expected)
+    # Every version of a call is filed under one start (the worker pins it), so FINAL
+    # and the dashboards' aggregates see one row per call.
+    split = pipeline.backend.execute(
+        f"SELECT call_id FROM {pipeline.database}.cdr GROUP BY call_id "
+        "HAVING uniqExact(call_start_ms) > 1")
+    assert split == [], split[:5]
     mismatched = [c for c in expected if got[c] != expected[c]]
     assert not mismatched, (mismatched[:3], [got[c] for c in mismatched[:1]], [expected[c] for c in mismatched[:1]])
 

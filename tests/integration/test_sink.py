@@ -84,15 +84,17 @@ def make_calls(n_calls: int, prefix: str) -> tuple[list[RatedCdr], dict[str, Rat
     return produced, newest
 
 
-def produce(bootstrap: str, topic: str, values: Sequence[tuple[str, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, values: Sequence[tuple[str, bytes]],
+            headers: Sequence[list[tuple[str, bytes]]] | None = None) -> None:
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
          "linger.ms": 5}
     )
-    for key, value in values:
+    for n, (key, value) in enumerate(values):
         while True:
             try:
-                producer.produce(topic, key=key.encode(), value=value)
+                producer.produce(topic, key=key.encode(), value=value,
+                                 headers=headers[n] if headers else None)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -289,6 +291,47 @@ def test_undecodable_records_go_to_the_dlq_and_the_sink_keeps_going(
     reasons = {dict(m.headers())["reason"].decode() for m in letters}
     assert any("magic" in r for r in reasons), reasons
     assert any("fingerprint" in r for r in reasons), reasons
+
+
+# ---------------------------------------------------------------- the call's start
+
+
+def test_every_version_is_filed_under_the_start_the_worker_pinned(
+    kafka_bootstrap: str, topics: tuple[str, str], clickhouse_native: ClickHouseBackend,
+    database: str,
+) -> None:
+    """A call's first CDR had no SETUP (filed at its answer, just after midnight); a late
+    SETUP from the day before gave the next version an earlier start. The worker sends
+    both with the first start in a header, so they share one sort key and FINAL keeps
+    one row. A CDR without the header is filed at its own start; a header that is not
+    epoch milliseconds is dead-lettered."""
+    topic, dlq = topics
+    midnight = 1_764_201_600_000  # 2025-11-27 00:00 UTC
+    answer, setup = midnight + 5_000, midnight - 3_000
+    first = make_cdr("late-setup", 3000, Decimal("0.01"))._replace(
+        status="SETUP_MISSING", setup_ts_ms=None, answer_ts_ms=answer, end_ts_ms=answer + 60_000)
+    second = first._replace(version=4000, status="COMPLETE", setup_ts_ms=setup)
+    plain = make_cdr("no-header", 4000, Decimal("0.02"))
+    bad = make_cdr("bad-header", 4000, Decimal("0.03"))
+    pinned = [("cdr-call-start-ms", str(answer).encode())]
+    produce(kafka_bootstrap, topic,
+            [(c.call_id, encode_cdr(c)) for c in (first, second, plain, bad)],
+            headers=[pinned, pinned, [], [("cdr-call-start-ms", b"yesterday")]])
+
+    stats = SinkService(sink_config(kafka_bootstrap, topic, dlq, database),
+                        clickhouse_native).run_until_idle(0.5, RUN_TIMEOUT_S)
+
+    assert stats.dead_lettered == 1
+    rows = clickhouse_native.execute(
+        f"SELECT call_id, version, call_start_ms FROM {database}.cdr ORDER BY call_id, version")
+    assert [tuple(r) for r in rows] == [
+        ("late-setup", 3000, answer), ("late-setup", 4000, answer),
+        ("no-header", 4000, plain.setup_ts_ms)]
+    final = clickhouse_native.execute(
+        f"SELECT version FROM {database}.cdr FINAL WHERE call_id = 'late-setup'")
+    assert [tuple(r) for r in final] == [(4000,)]
+    (letter,) = read_all(kafka_bootstrap, dlq, 1, expected=1)
+    assert "cdr-call-start-ms" in dict(letter.headers())["reason"].decode()
 
 
 # ---------------------------------------------------------------- outages

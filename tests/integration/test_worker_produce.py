@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.worker.produce import BatchSender
+from pipeline.worker.produce import BatchSender, Record
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,16 @@ class _FaustProducer:
 
 
 def _consume(bootstrap: str, topic: str, partition: int,
-             count: int) -> list[tuple[int, bytes, bytes]]:
+             count: int) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-check",
                          "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, partition, 0)])
-    got: list[tuple[int, bytes, bytes]] = []
+    got: list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]] = []
     try:
         for _ in range(60):
             for msg in consumer.consume(num_messages=count, timeout=1.0):
                 assert msg.error() is None, msg.error()
-                got.append((msg.offset(), msg.key(), msg.value()))
+                got.append((msg.offset(), msg.key(), msg.value(), msg.headers() or []))
             if len(got) >= count:
                 break
     finally:
@@ -47,7 +47,7 @@ def _consume(bootstrap: str, topic: str, partition: int,
     return got
 
 
-async def _send(bootstrap: str, topic: str, partition: int, records: list[tuple[bytes, bytes]],
+async def _send(bootstrap: str, topic: str, partition: int, records: list[Record],
                 on_failure: Callable[[str, BaseException], None], **producer_conf: Any) -> Any:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 **producer_conf)
@@ -68,7 +68,11 @@ async def _send(bootstrap: str, topic: str, partition: int, records: list[tuple[
 def test_records_arrive_in_order_in_several_batches(kafka_bootstrap: str,
                                                     unique_topic: Any) -> None:
     topic = unique_topic("produce", partitions=3)
-    records = [(f"call-{n}".encode(), bytes([n % 251]) * 900) for n in range(60)]
+    # Every third record with a header, as the worker's CDRs carry the call's start.
+    records: list[Record] = [
+        (f"call-{n}".encode(), bytes([n % 251]) * 900,
+         [("cdr-call-start-ms", str(n).encode())] if n % 3 == 0 else [])
+        for n in range(60)]
     failures: list[Any] = []
     # 16 KiB batches hold about 17 of these records: four batches.
     future, count = asyncio.run(_send(kafka_bootstrap, topic, 2, records,
@@ -77,9 +81,7 @@ def test_records_arrive_in_order_in_several_batches(kafka_bootstrap: str,
     assert count < len(records)  # the last batch holds only the tail
     assert future.result().offset + count - 1 == len(records) - 1
     got = _consume(kafka_bootstrap, topic, 2, len(records))
-    assert [(offset, key, value) for offset, key, value in got] == [
-        (n, key, value) for n, (key, value) in enumerate(records)
-    ]
+    assert got == [(n, key, value, list(headers)) for n, (key, value, headers) in enumerate(records)]
 
 
 def test_nothing_to_send_sends_nothing(kafka_bootstrap: str) -> None:
@@ -92,7 +94,7 @@ def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
     # The broker refuses batches larger than the topic's max.message.bytes: not retriable.
     topic = unique_topic("produce-refused", partitions=1, config={"max.message.bytes": "1024"})
     failures: list[tuple[str, BaseException]] = []
-    future, _ = asyncio.run(_send(kafka_bootstrap, topic, 0, [(b"k", bytes(range(256)) * 16)],
+    future, _ = asyncio.run(_send(kafka_bootstrap, topic, 0, [(b"k", bytes(range(256)) * 16, [])],
                                   lambda *f: failures.append(f)))
     assert future.exception() is not None
     assert [where for where, _ in failures] == [f"{topic}[0]"]

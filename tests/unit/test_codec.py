@@ -89,3 +89,15 @@ def test_cdr_bytes_are_not_events(tmp_path: Path) -> None:
     cdr = [c for e in call() for c in correlator.on_event(e)][-1]
     with pytest.raises(InvalidEvent, match="fingerprint"):
         codec.decode_event_dict(codec.encode_cdr(cdr))
+
+
+def test_the_call_start_header_round_trips_and_a_bad_one_names_the_header() -> None:
+    header = codec.call_start_header(1_764_201_605_000)
+    assert header == ("cdr-call-start-ms", b"1764201605000")
+    assert codec.call_start_from([("other", b"x"), header]) == 1_764_201_605_000
+    assert codec.call_start_from({"cdr-call-start-ms": "42"}) == 42  # a client giving a dict of str
+    assert codec.call_start_from([]) is None and codec.call_start_from(None) is None
+    assert codec.call_start_from([("other", b"1")]) is None
+    for bad in (b"", b"-5", b"1.5", b"12e3", "١٢".encode(), b"9" * 17):
+        with pytest.raises(InvalidEvent, match="cdr-call-start-ms"):
+            codec.call_start_from([("cdr-call-start-ms", bad)])

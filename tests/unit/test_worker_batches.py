@@ -29,13 +29,14 @@ class Producer:
         self.offsets: dict[int, int] = {}
 
     async def send(
-        self, topic: str, partition: int, records: list[tuple[bytes | None, bytes | None]]
+        self, topic: str, partition: int,
+        records: list[tuple[bytes | None, bytes | None, Any]]
     ) -> tuple[asyncio.Future[Any], int] | None:
         if not records:
             return None
         first = self.offsets.get(partition, 0)
         self.offsets[partition] = first + len(records)
-        self.sent.extend((topic, key, value, partition) for key, value in records)
+        self.sent.extend((topic, key, value, partition) for key, value, _ in records)
         delivered = asyncio.get_running_loop().create_future()
         delivered.set_result(SimpleNamespace(offset=first))
         return delivered, len(records)
