@@ -246,6 +246,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
     _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])
+    _wait_quiet()
     hangup_at: dict[str, float] = {}  # wall clock (epoch s) when each HANGUP was handed to the producer
     stored_at: dict[str, float] = {}
     stop = threading.Event()
@@ -348,6 +349,31 @@ def _cpu_seconds() -> dict[str, float]:
         if kind is not None:
             out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
+
+
+# Background work the servers do after earlier runs (the broker compacting the changelogs
+# they wrote, ClickHouse merging) took up to 0.7 of a core into the next latency run.
+QUIET_CORES = 0.15  # each of the broker and ClickHouse, over a second
+QUIET_WAIT_S = 120.0
+
+
+def _wait_quiet() -> None:
+    """Until the broker and ClickHouse each use less than QUIET_CORES (at most
+    QUIET_WAIT_S), so that a latency run does not measure what earlier runs left to do."""
+    started = time.monotonic()
+    before = _cpu_seconds()
+    busy: dict[str, float] = {}
+    while time.monotonic() - started < QUIET_WAIT_S:
+        time.sleep(1.0)  # sampling CPU over one second
+        now = _cpu_seconds()
+        busy = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in ("broker", "clickhouse")}
+        before = now
+        if all(used < QUIET_CORES for used in busy.values()):
+            break
+    waited = time.monotonic() - started
+    if waited > 1.5:
+        state = ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
+        print(f"  waited {waited:.0f} s for the servers to settle (now in cores: {state})")
 
 
 def _poll_stored(database: str, stored_at: dict[str, float], stop: threading.Event) -> None:
