@@ -25,7 +25,8 @@ def _migrate(args: argparse.Namespace) -> int:
         applied = migrate(backend, database)
     finally:
         backend.close()
-    print(f"{database}: applied {', '.join(applied)}" if applied else f"{database}: schema is current")
+    print(f"{database}: applied {', '.join(applied)}" if applied
+          else f"{database}: schema is current")
     return 0
 
 
@@ -36,5 +37,6 @@ def register(sub: Any) -> None:
     m = actions.add_parser("migrate", help="apply pending schema migrations (safe to repeat)")
     m.add_argument("--config", type=Path, help="TOML file with a [clickhouse] section")
     m.add_argument("--clickhouse", metavar="URL",
-                   help="native://host:port/db or chdb:///dir (default from config / CDR_CLICKHOUSE_URL)")
+                   help="native://host:port/db or chdb:///dir "
+                        "(default from config / CDR_CLICKHOUSE_URL)")
     m.set_defaults(handler=_migrate)

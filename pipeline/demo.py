@@ -39,17 +39,19 @@ def _app_id(prefix: str) -> str:
     return f"{prefix}correlator"
 
 
-def _processes(args: argparse.Namespace, prefix: str, url: str, workdir: Path) -> list[subprocess.Popen[bytes]]:
+def _processes(args: argparse.Namespace, prefix: str, url: str,
+               workdir: Path) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
     exe = [sys.executable, "-m", "pipeline.cli"]
     worker = [*exe, "worker", "--config", str(args.config), "--app-id", _app_id(prefix),
               "--data-dir", str(workdir / "worker")]
-    sink = [*exe, "sink", "--config", str(args.config), "--group", f"{prefix}sink", "--clickhouse", url,
-            "--topic", f"{prefix}cdrs"]
+    sink = [*exe, "sink", "--config", str(args.config), "--group", f"{prefix}sink",
+            "--clickhouse", url, "--topic", f"{prefix}cdrs"]
     procs = []
     for name, cmd in (("worker", worker), ("sink", sink)):
         handle = (workdir / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                      cwd=ROOT))
     return procs
 
 
@@ -137,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     seed = int(run)
     items = list(generate(config, calls=args.calls, switches=args.switches, rate_cps=args.rate_cps,
                           seed=seed, start_ms=int(time.time() * 1000) - 3_600_000,
-                          faults=FaultMix.parse(args.faults) if args.faults else FaultMix(), stats=stats))
+                          faults=FaultMix.parse(args.faults) if args.faults else FaultMix(),
+                          stats=stats))
     expected = _expected(items, config, workdir)
     print(f"demo {run}: {args.calls} calls, {len(items)} records from {args.switches} switches; "
           f"faults: {stats.faults_text()}", file=sys.stderr)
@@ -160,14 +163,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the whole pipeline on simulated traffic and print a report",
+    p = sub.add_parser("demo",
+                       help="run the whole pipeline on simulated traffic and print a report",
                        description=__doc__)
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="billing + runtime TOML")
     p.add_argument("--calls", type=int, default=3000, help="calls to simulate (default 3000)")
     p.add_argument("--switches", type=int, default=4, help="switch nodes (default 4)")
-    p.add_argument("--rate-cps", type=float, default=50.0, help="simulated call rate (calls/s of event time)")
-    p.add_argument("--pace", type=float, help="publish at this many calls per real second (default: flat out)")
-    p.add_argument("--faults", help="fault mix, e.g. dup=0.02,reorder=0.03 (default: the simulator's)")
+    p.add_argument("--rate-cps", type=float, default=50.0,
+                   help="simulated call rate (calls/s of event time)")
+    p.add_argument("--pace", type=float,
+                   help="publish at this many calls per real second (default: flat out)")
+    p.add_argument("--faults",
+                   help="fault mix, e.g. dup=0.02,reorder=0.03 (default: the simulator's)")
     p.add_argument("--bootstrap", help="Kafka bootstrap (default from config)")
     p.add_argument("--clickhouse", metavar="URL", help="ClickHouse URL (default from config)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the CDRs")

@@ -132,11 +132,13 @@ def format_summary(result: RateFileResult) -> str:
         f"calls emitted    {t.calls}  ({result.cdr_versions} CDR versions)",
         f"calls open       {result.open_calls}",
         "by decision      " + ", ".join(f"{k} {v}" for k, v in sorted(t.by_decision.items())),
-        "by reason        " + (", ".join(f"{k} {v}" for k, v in sorted(t.by_reason.items())) or "-"),
+        "by reason        "
+        + (", ".join(f"{k} {v}" for k, v in sorted(t.by_reason.items())) or "-"),
         "by status        " + ", ".join(f"{k} {v}" for k, v in sorted(t.by_status.items())),
     ]
     if t.flags:
-        lines.append("flags            " + ", ".join(f"{k} {v}" for k, v in sorted(t.flags.items())))
+        flags = ", ".join(f"{k} {v}" for k, v in sorted(t.flags.items()))
+        lines.append("flags            " + flags)
     currencies = sorted(set(t.revenue) | set(t.at_risk))
     for cur in currencies:
         lines.append(
@@ -146,8 +148,10 @@ def format_summary(result: RateFileResult) -> str:
     return "\n".join(lines)
 
 
-def rate_paths(config: BillingConfig, events: Path, out: Path, rejects: Path | None) -> RateFileResult:
-    with events.open(encoding="utf-8", errors="replace") as src, out.open("w", encoding="utf-8") as dst:
+def rate_paths(config: BillingConfig, events: Path, out: Path,
+               rejects: Path | None) -> RateFileResult:
+    with events.open(encoding="utf-8", errors="replace") as src, \
+            out.open("w", encoding="utf-8") as dst:
         if rejects is None:
             return rate_file(config, src, dst)
         with rejects.open("w", encoding="utf-8") as rej:

@@ -167,7 +167,8 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     if settings.kafka.partitions < 1:
         raise ConfigError("kafka.partitions: must be >= 1")
     if not 1 <= settings.worker.fetch_wait_ms <= 30000:
-        raise ConfigError(f"worker.fetch_wait_ms: must be 1-30000, got {settings.worker.fetch_wait_ms}")
+        raise ConfigError("worker.fetch_wait_ms: must be 1-30000, got "
+                          f"{settings.worker.fetch_wait_ms}")
     if not 1 <= settings.worker.fetch_min_bytes <= 1 << 20:
         raise ConfigError("worker.fetch_min_bytes: must be 1-1048576, got "
                           f"{settings.worker.fetch_min_bytes}")

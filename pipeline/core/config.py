@@ -116,13 +116,15 @@ def _patterns(key: str, value: Any) -> E164Patterns:
     for pattern in value:
         digits = pattern.removeprefix("+").removesuffix("*")
         if not (digits.isdigit() or (digits == "" and pattern.endswith("*"))):
-            raise ConfigError(f"policy.{key}: {pattern!r} is not digits with an optional trailing *")
+            raise ConfigError(
+                f"policy.{key}: {pattern!r} is not digits with an optional trailing *")
     return E164Patterns(value)
 
 
 def _by_reason(value: Any) -> Mapping[str, bool]:
     if not isinstance(value, dict):
-        raise ConfigError("policy.record_server_hangup_by_reason: expected a table of REASON = bool")
+        raise ConfigError(
+            "policy.record_server_hangup_by_reason: expected a table of REASON = bool")
     out = {}
     for reason, flag in value.items():
         if reason not in SERVER_REASONS:
@@ -136,7 +138,8 @@ def _by_reason(value: Any) -> Mapping[str, bool]:
 
 def _rounding(key: str, value: Any) -> str:
     if not isinstance(value, str) or value not in ROUNDING_MODES:
-        raise ConfigError(f"policy.{key}: must be one of {', '.join(ROUNDING_MODES)}, got {value!r}")
+        raise ConfigError(
+            f"policy.{key}: must be one of {', '.join(ROUNDING_MODES)}, got {value!r}")
     return str(value)
 
 
@@ -194,7 +197,8 @@ def _rate_tables(raw: Any, base: Path, digest: Any) -> dict[str, RateTable]:
         body = _table(body, where, frozenset({"currency", "deck"}))
         currency = body.get("currency")
         if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
-            raise ConfigError(f"{where}.currency: expected an ISO 4217 code like USD, got {currency!r}")
+            raise ConfigError(
+                f"{where}.currency: expected an ISO 4217 code like USD, got {currency!r}")
         deck_path = body.get("deck")
         if not isinstance(deck_path, str) or not deck_path:
             raise ConfigError(f"{where}.deck: expected the path of a CSV rate deck")
@@ -239,7 +243,8 @@ def build_config(raw: Mapping[str, Any], base: Path, source: str = "<memory>") -
         gateways[name] = Gateway(
             name=name,
             route_prefix=prefix or None,
-            rate_table=_reference(tables, table, f"{where}.rate_table") if table is not None else None,
+            rate_table=(_reference(tables, table, f"{where}.rate_table")
+                        if table is not None else None),
         )
         digest.update(f"g\0{name}\0{prefix}\0{table}\0".encode())
     return BillingConfig(

@@ -135,10 +135,12 @@ def _row(record: dict[str, str], where: str, line: int) -> DeckRow:
         prefix=prefix,
         description=(record["description"] or "").strip(),
         rate_per_min=_money(record["rate_per_min"] or "", "rate_per_min", where),
-        first_increment_s=_seconds(record["first_increment_s"] or "", "first_increment_s", where, 0),
+        first_increment_s=_seconds(record["first_increment_s"] or "", "first_increment_s",
+                                   where, 0),
         next_increment_s=_seconds(record["next_increment_s"] or "", "next_increment_s", where, 1),
         connect_fee=_money(record["connect_fee"] or "0", "connect_fee", where),
-        effective_from_ms=parse_utc_ms(start, "effective_from", where) if start.strip() else _NEG_INF,
+        effective_from_ms=(parse_utc_ms(start, "effective_from", where)
+                           if start.strip() else _NEG_INF),
         effective_to_ms=parse_utc_ms(end, "effective_to", where) if end.strip() else _POS_INF,
         line=line,
     )

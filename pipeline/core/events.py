@@ -119,7 +119,8 @@ def _check_value(name: str, value: Any) -> Any:
     else:
         low, high = _INT_RANGES[name]
         if type(value) is not int or not low <= value <= high:
-            raise InvalidEvent(f"field '{name}' must be an integer {low}..{high}, got {value!r}", name)
+            raise InvalidEvent(
+                f"field '{name}' must be an integer {low}..{high}, got {value!r}", name)
     return value
 
 

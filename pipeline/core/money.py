@@ -44,7 +44,8 @@ def charge(
     quantum = _QUANTA[places]
     if billable_s <= 0:
         return Decimal(0).quantize(quantum)
-    numerator = _CTX.add(_CTX.multiply(connect_fee, _SIXTY), _CTX.multiply(rate_per_min, billable_s))
+    numerator = _CTX.add(_CTX.multiply(connect_fee, _SIXTY),
+                         _CTX.multiply(rate_per_min, billable_s))
     return _CTX.divide(numerator, _SIXTY).quantize(quantum, rounding=ROUNDING_MODES[rounding])
 
 

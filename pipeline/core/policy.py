@@ -35,7 +35,9 @@ def decide(facts: PolicyFacts, policy: Policy) -> Decision:
     if policy.no_cdr_e164s.matches(facts.customer_number):
         return Decision("SKIPPED", "NO_CDR_E164")
     if facts.illegal:
-        return RECORDED if policy.record_illegal_call else Decision("SKIPPED", "ILLEGAL_CALL_POLICY")
+        if policy.record_illegal_call:
+            return RECORDED
+        return Decision("SKIPPED", "ILLEGAL_CALL_POLICY")
     if not facts.complete:
         return Decision("AUDIT", "INCOMPLETE")
     if facts.hangup_source == "SERVER" and not policy.records_server_hangup(facts.server_reason):

@@ -54,7 +54,8 @@ def _rate(
         return Rate(table.name, table.currency, None, None, None, None)
     billable = increments(seconds, row.first_increment_s, row.next_increment_s)
     policy = config.policy
-    amount = charge(row.connect_fee, row.rate_per_min, billable, policy.fee_precision, policy.fee_rounding)
+    amount = charge(row.connect_fee, row.rate_per_min, billable, policy.fee_precision,
+                    policy.fee_rounding)
     return Rate(table.name, table.currency, row.prefix, row.rate_per_min, billable, amount)
 
 
@@ -78,7 +79,8 @@ def rate_call(view: CallView, status: str, version: int, config: BillingConfig) 
         source = hangup.hangup_source or "SERVER"
     else:  # HANGUP_MISSING: closed by the server side of the pipeline
         answered = answer is not None
-        end_ts = answer_ts + policy.max_call_duration_s * 1000 if answer_ts is not None else view.last_ts_ms
+        end_ts = (answer_ts + policy.max_call_duration_s * 1000
+                  if answer_ts is not None else view.last_ts_ms)
         source = "SERVER"
     hold_ms = 0
     if answered and answer_ts is not None and end_ts is not None:
