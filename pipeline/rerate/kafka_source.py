@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import codec
-from pipeline.core.cdr import RatedCdr
+from pipeline.core.cdr import RatedCdr, call_anchor
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
@@ -90,13 +90,6 @@ def load_stored(
     by random call ids touches most of the table). Calls the replay finds outside it
     are looked up one batch at a time. Memory: about 1 KB per stored call."""
     return {row[0]: row for row in iter_stored(stream, db, from_ms, to_ms, accounts)}
-
-
-def _start_of(cdr: RatedCdr) -> int:
-    for ts in (cdr.setup_ts_ms, cdr.answer_ts_ms, cdr.end_ts_ms):
-        if ts is not None:
-            return ts
-    return 0
 
 
 class _Partition:
@@ -331,7 +324,7 @@ class KafkaSource:
     def _in_range(self, cdrs: list[RatedCdr]) -> list[RatedCdr]:
         out = []
         for cdr in cdrs:
-            start = _start_of(cdr)
+            start = call_anchor(cdr) or 0
             if self.from_ms <= start < self.to_ms and (
                 not self.accounts or cdr.account_id in self.accounts
             ):
