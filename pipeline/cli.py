@@ -23,8 +23,10 @@ def _rate_file(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     tune_gc()
-    if not args.events.is_file():
+    if not args.events.exists():
         raise PipelineError(f"--events: file {args.events} does not exist")
+    if args.events.is_dir():
+        raise PipelineError(f"--events: {args.events} is a directory, not a JSON Lines file")
     result = rate_paths(config, args.events, args.out, args.rejects)
     print(format_summary(result), file=sys.stderr)
     return 0

@@ -23,10 +23,10 @@ from pipeline.core.events import CallEvent, parse_event
 from pipeline.switch.publisher import PublishError, SwitchPublisher
 from pipeline.switch.simulator import SimStats, Tick, generate, publish
 from tests.kafka_partition import java_partition
+from tests.paths import EXAMPLE
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "examples" / "basic"
 START_MS = 1_764_007_170_000
 PARTITIONS = 3
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import EXAMPLE
+
 EXE = Path(sys.executable).with_name("cdr-pipeline")
-EXAMPLE = ROOT.parent / "shared" / "examples" / "basic"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,9 +38,30 @@ def test_rate_file_as_a_user_runs_it(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "rejected         2" in out.stderr and "revenue USD" in out.stderr
     cdrs = [json.loads(line) for line in (tmp_path / "cdrs.jsonl").read_text().splitlines()]
-    assert len({c["call_id"] for c in cdrs}) == 14
     assert all(c["fee"] is None or isinstance(c["fee"], str) for c in cdrs)  # money as strings
     assert len((tmp_path / "rejects.jsonl").read_text().splitlines()) == 2
+    newest: dict[str, dict[str, object]] = {}
+    for cdr in cdrs:
+        if cdr["version"] > newest.get(cdr["call_id"], {"version": 0})["version"]:  # type: ignore[operator]
+            newest[cdr["call_id"]] = cdr
+    expected = [json.loads(line) for line in (EXAMPLE / "expected.jsonl").read_text().splitlines()]
+    assert sorted(newest) == [want["call_id"] for want in expected]
+    for want in expected:
+        assert {k: newest[want["call_id"]][k] for k in want} == want, want["call_id"]
+
+
+def test_rate_file_reads_an_empty_device(tmp_path: Path) -> None:
+    out = _run("rate-file", "--config", str(EXAMPLE / "config.toml"), "--events", "/dev/null",
+               "--out", str(tmp_path / "o.jsonl"))
+    assert out.returncode == 0, out.stderr
+    assert "does not exist" not in out.stderr and (tmp_path / "o.jsonl").read_text() == ""
+
+
+def test_events_directory_is_a_clear_error(tmp_path: Path) -> None:
+    out = _run("rate-file", "--config", str(EXAMPLE / "config.toml"), "--events", str(tmp_path),
+               "--out", str(tmp_path / "o.jsonl"))
+    assert out.returncode == 2
+    assert "is a directory" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_missing_events_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pipeline.core.cdr import RatedCdr
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
+from tests.paths import EXAMPLE
 from tests.unit.builders import call, make_config
 
 
@@ -56,7 +57,7 @@ def test_cdrs_round_trip_with_exact_money(tmp_path: Path) -> None:
 
 
 def test_example_cdrs_round_trip() -> None:
-    example = Path(__file__).resolve().parents[3] / "shared" / "examples" / "basic" / "expected.jsonl"
+    example = EXAMPLE / "expected.jsonl"
     for line in example.read_text().splitlines():
         raw = json.loads(line)
         full = {name: None for name in RatedCdr._fields}

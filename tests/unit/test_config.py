@@ -13,6 +13,7 @@ import pytest
 from pipeline.core.config import VOS3000_ALIASES, Policy, load_config, parse_policy
 from pipeline.core.decks import load_deck
 from pipeline.errors import ConfigError
+from tests.paths import EXAMPLE
 
 HEADER = (
     "prefix,description,rate_per_min,first_increment_s,next_increment_s,connect_fee,"
@@ -61,10 +62,7 @@ def policy(tmp: Path, body: str) -> Policy:
 
 
 def test_the_worked_example_loads() -> None:
-    example = Path("/work/shared/examples/basic/config.toml")
-    if not example.is_file():
-        pytest.skip("shared example not present")
-    config = load_config(example)
+    config = load_config(EXAMPLE / "config.toml")
     assert config.policy.fee_precision == 4
     assert dict(config.policy.record_server_hangup_by_reason) == {"ADMIN": False}
     assert config.gateways["out-a"].rate_table is config.rate_tables["vendor-a"]
@@ -385,26 +383,6 @@ def test_defaults_equal_the_spec_table(tmp_path: Path) -> None:
     assert _plain(Policy()) == SPEC_DEFAULTS
     assert _plain(parse_policy({})) == SPEC_DEFAULTS
     assert _plain(load_config(write(tmp_path, TABLES)).policy) == SPEC_DEFAULTS  # no [policy]
-
-
-def test_defaults_match_the_spec_document() -> None:
-    """Cross-check SPEC_DEFAULTS against the table in billing.md when it is at hand."""
-    spec = Path("/work/shared/spec/billing.md")
-    if not spec.is_file():
-        pytest.skip("spec not present")
-    text = spec.read_text().split("## 7.", 1)[1].split("## 8.", 1)[0]
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
-    table = {cells[0].strip(): cells[1].strip() for cells in rows if cells[0].strip() != "key"}
-    assert set(table) == set(SPEC_DEFAULTS)
-    for key, cell in table.items():
-        default = cell.split(" (")[0]
-        want = SPEC_DEFAULTS[key]
-        if isinstance(want, bool):
-            assert default == str(want).lower(), key
-        elif isinstance(want, (dict, tuple)):
-            assert default in ("{}", "[]"), key
-        else:
-            assert default == str(want), key
 
 
 # -- the CLI ---------------------------------------------------------------------------

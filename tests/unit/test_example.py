@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 
 from pipeline.core.config import load_config
 from pipeline.offline import rate_file
-
-EXAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "examples" / "basic"
+from tests.paths import EXAMPLE
 
 
 @pytest.fixture(scope="module")

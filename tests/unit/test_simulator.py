@@ -33,8 +33,8 @@ from pipeline.switch.simulator import (
     publish,
     write_jsonl,
 )
+from tests.paths import EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "examples" / "basic"
 # 30 s before the 447 rate change of the example deck (2025-11-24T18:00:00Z).
 START_MS = 1_764_007_170_000
 CALLS = 3000
