@@ -1,4 +1,4 @@
-"""The RatedCdr output record (spec: billing.md section 6)."""
+"""The RatedCdr output record (docs/billing.md section 6)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class RatedCdr(NamedTuple):
 
     Beyond the spec's fields: `cost_currency` (the vendor table's currency) and
     `flags` (data-quality remarks such as NEGATIVE_HOLD), both documented in
-    docs/billing-decisions.md.
+    docs/billing.md.
     """
 
     call_id: str

@@ -9,7 +9,7 @@ Versions: a CDR's version is the number of distinct events of its call folded in
 when it was emitted, times VERSION_STRIDE (room for re-ratings in between). Any new
 distinct event for a call already emitted re-emits it, so the newest version of a
 call is the same whatever the arrival order or the moment timeouts fired
-(docs/billing-decisions.md).
+(docs/billing.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The CallEvent model and its validation (spec: billing.md section 1)."""
+"""The CallEvent model and its validation (docs/billing.md section 1)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,12 @@ _TYPE_FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
         ("caller_ip", False),
         ("illegal_reason", False),
     ),
-    "RINGING": (),
+    # egress_gateway on RINGING and HANGUP: the gateway the attempt went to, so a call
+    # not answered still counts against the gateway that failed it.
+    "RINGING": (("egress_gateway", False),),
     "ANSWER": (("egress_gateway", True), ("callee_gateway", False)),
     "HANGUP": (
+        ("egress_gateway", False),
         ("answered", True),
         ("hangup_source", True),
         ("sip_code", False),

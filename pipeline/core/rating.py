@@ -66,6 +66,16 @@ def _gateway_number(number: str, gateway: Gateway | None, config: BillingConfig)
     return number
 
 
+def _egress_gateway(
+    answer: CallEvent | None, hangup: CallEvent | None, ringing: CallEvent | None
+) -> str | None:
+    """The answering gateway; for a call not answered, the last one tried (docs/billing.md 6)."""
+    for event in (answer, hangup, ringing):
+        if event is not None and event.egress_gateway is not None:
+            return event.egress_gateway
+    return None
+
+
 def rate_call(view: CallView, status: str, version: int, config: BillingConfig) -> RatedCdr:
     """Build one CDR version for a call in the given status. Pure and deterministic."""
     policy = config.policy
@@ -164,7 +174,7 @@ def rate_call(view: CallView, status: str, version: int, config: BillingConfig) 
         callee=setup.callee if setup is not None else None,
         callee_gateway=callee_gateway,
         ingress_gateway=setup.ingress_gateway if setup is not None else None,
-        egress_gateway=answer.egress_gateway if answer is not None else None,
+        egress_gateway=_egress_gateway(answer, hangup, ringing),
         switch_id=first.switch_id,
         setup_ts_ms=setup.ts_ms if setup is not None else None,
         answer_ts_ms=answer_ts,
