@@ -14,10 +14,17 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
 fi
 STAMP=".venv/.cdr-installed"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)$EXTRAS"
-if [[ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]]; then
+HASH="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# An install with the dev tools also serves a plain request (stack.sh after test.sh).
+if [[ "$HAVE" != "$HASH$EXTRAS" && "$HAVE" != "$HASH[dev]" ]]; then
     echo "bootstrap.sh: installing cdr-pipeline$EXTRAS into .venv" >&2
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".$EXTRAS"
-    echo "$WANT" > "$STAMP"
+    # setuptools says, for every editable install, to beware of a folder named like
+    # the package in the working directory: that folder is the package itself here.
+    .venv/bin/python -m pip install -q -e ".$EXTRAS" 2> >(grep -v -e '^ *$' \
+        -e 'BuildBackendWarning: Editable installation' -e '^ *!!$' -e '^ *\*\*\*\*' \
+        -e 'Please be careful with folders' -e 'name as your package as they may' \
+        -e 'with strategy, WheelFile' >&2)
+    echo "$HASH$EXTRAS" > "$STAMP"
 fi
