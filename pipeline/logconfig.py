@@ -30,3 +30,8 @@ def configure_logging(verbose: bool = False, json_format: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logging.getLogger("pipeline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    # clickhouse-driver logs every refused connection as a warning with its traceback,
+    # then raises; the storage layer turns that error into one line naming the server
+    # (and the sink logs its own retries), so the driver's copy is noise to a user.
+    if not verbose:
+        logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)

@@ -87,3 +87,11 @@ def test_bad_runtime_setting_names_the_key(tmp_path: Path) -> None:
     (tmp_path / "decks").symlink_to(EXAMPLE / "decks")
     out = _run("db", "migrate", "--config", str(config), "--clickhouse", f"chdb://{tmp_path / 'ch'}")
     assert out.returncode == 2 and "kafka.bootstrapp: unknown key" in out.stderr
+
+
+def test_unreachable_clickhouse_is_one_line_without_a_traceback() -> None:
+    from tests.ports import free_port
+
+    out = _run("db", "migrate", "--clickhouse", f"native://127.0.0.1:{free_port()}/cdr")
+    assert out.returncode == 2
+    assert "Connection refused" in out.stderr and "Traceback" not in out.stderr
