@@ -100,7 +100,23 @@ node_pid() {
 }
 
 # ---------------------------------------------------------------- jars
+# The JDK runs the broker and Maven fetches its jars: both from Debian's packages
+# when missing (as root), so a fresh machine needs nothing installed by hand.
+ensure_debian_tools() {
+    local missing=()
+    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+    command -v "${MVN%% *}" >/dev/null || missing+=(maven)
+    ((${#missing[@]})) || return 0
+    [[ "$(id -u)" -eq 0 ]] || die "${missing[*]} missing; install them (Kafka 4.x needs Java 17+) or run as root"
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
+        || die "apt-get could not install ${missing[*]}"
+}
+
 fetch_jars() {
+    ensure_debian_tools
     command -v java >/dev/null || die "java not found (Kafka 4.x needs Java 17+)"
     local want have=""
     want="$(sha256sum "$POM" | cut -d' ' -f1)"
