@@ -28,7 +28,7 @@ VERSION_STRIDE = 1000
 class RatedCdr(NamedTuple):
     """One version of a call's rated CDR. The newest version of a call is the truth.
 
-    Beyond the spec's fields: `cost_currency` (the vendor table's currency) and
+    Beyond the classic CDR fields: `cost_currency` (the vendor table's currency) and
     `flags` (data-quality remarks such as NEGATIVE_HOLD), both documented in
     docs/billing.md.
     """
