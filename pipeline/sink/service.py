@@ -47,6 +47,7 @@ from confluent_kafka import (
 
 from pipeline.codec import call_start_from, decode_cdr_record
 from pipeline.errors import InvalidEvent, PipelineError
+from pipeline.kafka.dead_letters import dead_letter_headers
 from pipeline.sink import metrics
 from pipeline.sink.batcher import Batch, Batcher, PartitionKey
 from pipeline.storage.backend import ClickHouseBackend
@@ -59,14 +60,6 @@ Stop = threading.Event | Callable[[], bool]
 
 CdrRow = tuple[Any, ...]
 """A `cdr` table row in CDR_COLUMNS order (`cdr_store.cdr_row`): what the sink batches."""
-
-# dead-letter record headers
-H_REASON = "reason"
-H_CATEGORY = "category"
-H_SOURCE_TOPIC = "source_topic"
-H_SOURCE_PARTITION = "source_partition"
-H_SOURCE_OFFSET = "source_offset"
-
 
 class SinkError(PipelineError):
     """The sink stopped for a reason an operator has to fix (the message says which)."""
@@ -643,13 +636,8 @@ class SinkService:
         assert self._producer is not None
         log.warning("%s: not a decodable RatedCdr (%s), sent to %s",
                     _where(msg), reason, self.config.dlq_topic)
-        headers: list[tuple[str, str | bytes | None]] = [
-            (H_REASON, reason.encode("utf-8")),
-            (H_CATEGORY, category.encode("utf-8")),
-            (H_SOURCE_TOPIC, str(msg.topic()).encode("utf-8")),
-            (H_SOURCE_PARTITION, str(msg.partition()).encode("ascii")),
-            (H_SOURCE_OFFSET, str(msg.offset()).encode("ascii")),
-        ]
+        headers: list[tuple[str, str | bytes | None]] = list(dead_letter_headers(
+            reason, category, str(msg.topic()), msg.partition(), msg.offset()))
         where = _where(msg)
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:

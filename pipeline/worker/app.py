@@ -38,6 +38,7 @@ from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.admin import CALLS_TABLE
+from pipeline.kafka.dead_letters import dead_letter_headers
 from pipeline.settings import Settings
 from pipeline.worker import metrics
 from pipeline.worker.handoff import Handoff
@@ -271,13 +272,8 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
             counts[cdr.record_decision] += 1
 
     async def dead_letter(message: Any, exc: InvalidEvent) -> None:
-        headers = [
-            ("dlq-reason", exc.reason.encode()),
-            ("dlq-category", exc.category.encode()),
-            ("source-topic", message.topic.encode()),
-            ("source-partition", str(message.partition).encode()),
-            ("source-offset", str(message.offset).encode()),
-        ]
+        headers = dead_letter_headers(exc.reason, exc.category, message.topic,
+                                      message.partition, message.offset)
         sent = await dlq_topic.send(key=message.key, value=message.value or b"", headers=headers)
         sender.watch(sent, f"{dlq_topic.get_topic_name()} (dead letter of {message.topic}"
                            f"[{message.partition}]@{message.offset})")

@@ -284,11 +284,11 @@ def test_undecodable_records_go_to_the_dlq_and_the_sink_keeps_going(
     assert sorted(m.value() for m in letters) == sorted(v for _, v in garbage)
     for m in letters:
         headers = dict(m.headers())
-        assert headers["reason"]
-        assert headers["source_topic"] == topic.encode()
-        assert int(headers["source_partition"]) in range(3)
-        assert int(headers["source_offset"]) >= 0
-    reasons = {dict(m.headers())["reason"].decode() for m in letters}
+        assert headers["dlq-reason"]
+        assert headers["source-topic"] == topic.encode()
+        assert int(headers["source-partition"]) in range(3)
+        assert int(headers["source-offset"]) >= 0
+    reasons = {dict(m.headers())["dlq-reason"].decode() for m in letters}
     assert any("magic" in r for r in reasons), reasons
     assert any("fingerprint" in r for r in reasons), reasons
 
@@ -331,7 +331,7 @@ def test_every_version_is_filed_under_the_start_the_worker_pinned(
         f"SELECT version FROM {database}.cdr FINAL WHERE call_id = 'late-setup'")
     assert [tuple(r) for r in final] == [(4000,)]
     (letter,) = read_all(kafka_bootstrap, dlq, 1, expected=1)
-    assert "cdr-call-start-ms" in dict(letter.headers())["reason"].decode()
+    assert "cdr-call-start-ms" in dict(letter.headers())["dlq-reason"].decode()
 
 
 # ---------------------------------------------------------------- outages
