@@ -1,8 +1,8 @@
 """Runtime settings (where Kafka and ClickHouse are, how workers run), apart from billing.
 
 They live in the same TOML file as the billing configuration, in the sections
-[kafka], [clickhouse], [worker], [sink] and [dashboard]; every key can be
-overridden by an environment variable CDR_<SECTION>_<KEY> (e.g.
+[kafka], [clickhouse], [worker], [sink], [dashboard], [ingest] and [ingest_http];
+every key can be overridden by an environment variable CDR_<SECTION>_<KEY> (e.g.
 CDR_KAFKA_BOOTSTRAP). Unknown keys are rejected at load, naming the key.
 """
 
@@ -100,12 +100,51 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class IngestSettings:
+    """The switch adapters (`cdr-pipeline ingest`, docs/switches.md)."""
+
+    # account_id of a SETUP whose source Kamailio could not identify (account ""), so
+    # an illegal call from an unknown source is still correlated and flagged.
+    unknown_account: str = "UNIDENTIFIED"
+    # How often the journal is read to its end and, once Kafka acknowledged everything
+    # before it, the checkpoint advanced (the most a restart re-publishes).
+    checkpoint_interval_s: float = 1.0
+    reconnect_initial_s: float = 0.2  # first wait after evapi is lost, doubled per attempt
+    reconnect_max_s: float = 5.0
+    # How long Kafka may leave records unacknowledged before the adapter treats it as
+    # down (drops evapi, re-opens the producer, resumes from the journal checkpoint).
+    delivery_timeout_s: float = 30.0
+    state_dir: str = ""  # "" = the checkpoint file sits next to the journal
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    health_port: int = 0  # 0 = no /health endpoint
+
+
+@dataclass(frozen=True)
+class IngestHttpSettings:
+    """The HTTP endpoint for call events (`cdr-pipeline ingest http`, docs/switches.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    # Bearer token every POST must present (env CDR_INGEST_HTTP_TOKEN); never logged.
+    token: Secret = field(default_factory=lambda: Secret(""))
+    max_body_bytes: int = 8 << 20  # a larger request is refused with 413
+    # How long a request waits for Kafka to acknowledge all its events before it is
+    # answered 503 (the producer's message.timeout.ms, so nothing is left in flight).
+    request_timeout_s: float = 10.0
+    # Records the producer may hold unacknowledged; beyond that requests get 429.
+    queue_max_messages: int = 200_000
+    retry_after_s: int = 2  # the Retry-After of a 429 / 503
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    ingest_http: IngestHttpSettings = field(default_factory=IngestHttpSettings)
 
 
 _S = TypeVar("_S")
@@ -175,7 +214,35 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     if settings.worker.compression not in COMPRESSIONS:
         raise ConfigError(f"worker.compression: must be one of {', '.join(COMPRESSIONS)}, "
                           f"got {settings.worker.compression!r}")
+    _check_ingest(settings.ingest)
+    _check_ingest_http(settings.ingest_http)
     return settings
+
+
+def _check_ingest(ingest: IngestSettings) -> None:
+    if not ingest.unknown_account:
+        raise ConfigError("ingest.unknown_account: must not be empty")
+    for key in ("checkpoint_interval_s", "reconnect_initial_s", "reconnect_max_s",
+                "delivery_timeout_s"):
+        if getattr(ingest, key) <= 0:
+            raise ConfigError(f"ingest.{key}: must be > 0, got {getattr(ingest, key)}")
+    if ingest.reconnect_max_s < ingest.reconnect_initial_s:
+        raise ConfigError("ingest.reconnect_max_s: must be >= ingest.reconnect_initial_s")
+
+
+def _check_ingest_http(http: IngestHttpSettings) -> None:
+    if not 0 <= http.port < 65536:
+        raise ConfigError(f"ingest_http.port: must be 0-65535, got {http.port}")
+    if http.max_body_bytes < 1024:
+        raise ConfigError(f"ingest_http.max_body_bytes: must be >= 1024, got {http.max_body_bytes}")
+    if not 0.5 <= http.request_timeout_s <= 300:
+        raise ConfigError("ingest_http.request_timeout_s: must be 0.5-300, got "
+                          f"{http.request_timeout_s}")
+    if not 1000 <= http.queue_max_messages <= 10_000_000:
+        raise ConfigError("ingest_http.queue_max_messages: must be 1000-10000000, got "
+                          f"{http.queue_max_messages}")
+    if not 1 <= http.retry_after_s <= 3600:
+        raise ConfigError(f"ingest_http.retry_after_s: must be 1-3600, got {http.retry_after_s}")
 
 
 def replace(obj: _S, **changes: Any) -> _S:
