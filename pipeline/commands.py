@@ -36,3 +36,15 @@ REGISTRY.append(_rerate)
 from pipeline.dashboard.cli import register as _dashboard  # noqa: E402
 
 REGISTRY.append(_dashboard)
+
+from pipeline.ingest.cli import register as _ingest  # noqa: E402
+
+REGISTRY.append(_ingest)
+
+from pipeline.ingest.vos3000_cli import register as _import_vos3000  # noqa: E402
+
+REGISTRY.append(_import_vos3000)
+
+from pipeline.ingest.cli_http import register as _ingest_http  # noqa: E402
+
+REGISTRY.append(_ingest_http)  # after _ingest: adds `http` to its `ingest` group
