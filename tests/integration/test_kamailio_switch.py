@@ -17,24 +17,19 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.sip.traffic import CallSpec, Gateway, RunResult, run_calls, start_calls, start_gateway
-from tests.ports import free_port
+from pipeline.sip.node import NodeSettings, SwitchNode, start_node
+from pipeline.sip.traffic import CallSpec, RunResult, start_calls
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "deploy" / "local" / "kamailio.sh"
 MAX_CALL_S = 3
 NO_ANSWER_S = 2
 NODE = "kam-test"
@@ -117,87 +112,16 @@ class EvapiClient:
         self._thread.join(timeout=2)
 
 
-@dataclass
-class Switch:
-    env: dict[str, str]
-    base: Path
-    sip_port: int
-    evapi_port: int
-    caller_port: int
-    xacct_port: int
-    unknown_port: int
-    workdir: Path
-    gateways: list[Gateway] = field(default_factory=list)
-
-    def sh(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(SCRIPT), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=120,
-        )
-
-    def calls(self, scenario: str, specs: list[CallSpec], **kw: Any) -> RunResult:
-        kw.setdefault("local_port", self.caller_port)
-        kw.setdefault("timeout_s", 30)
-        return run_calls(scenario, specs, self.workdir, switch_port=self.sip_port, **kw)
-
-    def journal(self) -> list[dict[str, Any]]:
-        out = []
-        for line in (self.base / "kamailio.log").read_text(errors="replace").splitlines():
-            i = line.find("CDR-EVENT ")
-            if i >= 0:
-                out.append(json.loads(line[i + len("CDR-EVENT ") :]))
-        return out
+Switch = SwitchNode
 
 
 @pytest.fixture(scope="module")
-def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Switch]:
+def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchNode]:
     if shutil.which("kamailio") is None and os.geteuid() != 0:
         pytest.skip("kamailio not installed and not root to apt-get it")
-    base = tmp_path_factory.mktemp("kamailio")
-    ports = [free_port() for _ in range(7)]
-    while len(set(ports)) < 7:
-        ports = [free_port() for _ in range(7)]
-    sip, evapi, gwa, gwb, caller, xacct, unknown = ports
-    (base / "dispatcher.list").write_text(
-        f"1 sip:127.0.0.1:{gwa} 0 20 gw=gw-a;prefix=999\n"
-        f"1 sip:127.0.0.1:{gwb} 0 10 gw=gw-b;prefix=888\n"
-    )
-    (base / "addresses.list").write_text(
-        f"1 127.0.0.1 32 {caller} acct-100,in-gw-1\n2 127.0.0.1 32 {xacct} acct-200,in-gw-2\n"
-    )
-    (base / "blocklist.txt").write_text("# test block list\n1900*\n4930666666\n")
-    env = dict(os.environ)
-    env.update(
-        CDR_KAM_BASE=str(base / "stack"),
-        CDR_KAM_SIP_PORT=str(sip),
-        CDR_KAM_EVAPI_PORT=str(evapi),
-        CDR_KAM_MAX_CALL_S=str(MAX_CALL_S),
-        CDR_KAM_NO_ANSWER_S=str(NO_ANSWER_S),
-        CDR_KAM_FR_TIMER_MS="1000",
-        CDR_KAM_NODE=NODE,
-        CDR_KAM_CHILDREN="2",
-        CDR_KAM_SHM_MB="64",
-        CDR_KAM_DISPATCHER_FILE=str(base / "dispatcher.list"),
-        CDR_KAM_ADDRESS_FILE=str(base / "addresses.list"),
-        CDR_KAM_BLOCKLIST_FILE=str(base / "blocklist.txt"),
-    )
-    sw = Switch(env, base / "stack", sip, evapi, caller, xacct, unknown, base / "sipp")
-    up = sw.sh("up", check=False)
-    assert up.returncode == 0, up.stderr
-    try:
-        sw.gateways = [
-            start_gateway("gw-a", gwa, sw.workdir, hangup_ms=800),
-            start_gateway("gw-b", gwb, sw.workdir, hangup_ms=800),
-        ]
-        yield sw
-    finally:
-        for gw in sw.gateways:
-            gw.stop()
-        sw.sh("down", check=False)
+    settings = NodeSettings(node=NODE, max_call_s=MAX_CALL_S, no_answer_s=NO_ANSWER_S)
+    with start_node(tmp_path_factory.mktemp("kamailio"), settings) as node:
+        yield node
 
 
 @pytest.fixture()
@@ -206,7 +130,7 @@ def evapi(switch: Switch) -> Iterator[EvapiClient]:
     # evapi only sends to clients it has accepted; the switch logs that
     mark = f"evapi client connected from 127.0.0.1:{client.sock.getsockname()[1]}"
     deadline = time.monotonic() + 5
-    while mark not in (switch.base / "kamailio.log").read_text(errors="replace"):
+    while mark not in switch.journal.read_text(errors="replace"):
         assert time.monotonic() < deadline, f"evapi did not log {mark!r}"
         time.sleep(0.02)  # polling a file for a condition, with a deadline
     yield client
@@ -419,7 +343,7 @@ def test_journal_has_every_event_first(switch: Switch, evapi: EvapiClient) -> No
     res = switch.calls("caller_bye", [CallSpec(CALLER, "4420711486")])
     call = _one(res)
     evapi.wait_kinds(call.call_id, ["SETUP", "HANGUP"])
-    journal = switch.journal()
+    journal = list(switch.journal_events())
     for e in evapi.events:
         assert e in journal
     kinds = [e["kind"] for e in journal if e["call_id"] == call.call_id]
@@ -459,4 +383,5 @@ def test_retransmitted_invite_makes_one_setup(switch: Switch, evapi: EvapiClient
         ).encode()
         s.sendto(ack, ("127.0.0.1", sip))
     evapi.wait_kinds(call_id, ["SETUP", "HANGUP"])
-    assert [e["kind"] for e in switch.journal() if e["call_id"] == call_id] == ["SETUP", "HANGUP"]
+    kinds = [e["kind"] for e in switch.journal_events() if e["call_id"] == call_id]
+    assert kinds == ["SETUP", "HANGUP"]
