@@ -15,6 +15,10 @@ if ! command -v chromium >/dev/null 2>&1; then
         || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }
 fi
 
+# The switch tests start their own Kamailio nodes and SIPp on free ports; the
+# packages come from Debian.
+"$HERE/kamailio.sh" install >/dev/null
+
 started=()
 cleanup() {
     for svc in "${started[@]}"; do "$HERE/$svc.sh" down >/dev/null 2>&1 || true; done
