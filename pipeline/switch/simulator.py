@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -464,16 +465,29 @@ class _Generator:
         if plan.illegal is not None:
             setup["illegal_reason"] = plan.illegal
         events = [setup]
+        egress: str | None = None
+        ringing = None
         if ring is not None:
-            events.append(self._simple(call_id, switch, "RINGING", "r", t0 + ring))
+            ringing = self._simple(call_id, switch, "RINGING", "r", t0 + ring)
+            events.append(ringing)
         if answer is not None:
             event = self._simple(call_id, switch, "ANSWER", "a", t0 + answer)
-            name, route_prefix = rng.choice(cat.egress)
-            event["egress_gateway"] = name
+            egress, route_prefix = rng.choice(cat.egress)
+            event["egress_gateway"] = egress
             if ingress_prefix or (route_prefix and rng.random() < 0.8):
                 event["callee_gateway"] = route_prefix + plan.number
             events.append(event)
-        events.append(self._hangup(call_id, switch, plan, t0 + hangup, "h"))
+        elif plan.illegal is None and (ring is not None or plan.source == "CALLEE"):
+            # The call reached a gateway that did not answer: name it, so failed
+            # attempts count against it. Chosen from the call id, not the random
+            # stream, so every other event of the traffic stays as it was.
+            egress = cat.egress[zlib.crc32(call_id.encode()) % len(cat.egress)][0]
+        hangup_event = self._hangup(call_id, switch, plan, t0 + hangup, "h")
+        if egress is not None:
+            hangup_event["egress_gateway"] = egress
+            if ringing is not None:
+                ringing["egress_gateway"] = egress
+        events.append(hangup_event)
         return events
 
     @staticmethod
