@@ -105,6 +105,7 @@ class KamailioAdapter:
         self._checkpoint: Checkpoint | None = None
         self._tail: JournalTail | None = None
         self._saved: Position | None = None
+        self._lagged_end: int | None = None  # the journal's size at the previous pass
         if config.journal is not None:
             self._checkpoint = Checkpoint(checkpoint_path(config.journal, config.state_dir))
             self._rewind()
@@ -290,7 +291,13 @@ class KamailioAdapter:
         position: Position | None = None
         if self._tail is not None:
             where = f"journal:{self._tail.path}"
-            for payload in self._tail.read():
+            # Kamailio writes the journal line just before it relays the frame, so
+            # while evapi is connected the newest lines' frames may still be on
+            # their way: read only as far as the journal reached at the pass before
+            # (one interval ago), or those events would go out twice.
+            until = self._lagged_end if self._link.sock is not None else None
+            self._lagged_end = self._tail.size()
+            for payload in self._tail.read(until):
                 if payload in self._seen:
                     del self._seen[payload]
                     continue

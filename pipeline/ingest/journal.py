@@ -94,8 +94,15 @@ class JournalTail:
         """Just after the last complete line read."""
         return Position(self._inode, self._offset)
 
-    def read(self) -> Iterator[bytes]:
-        """Every event payload in the complete lines from the position to the end.
+    def size(self) -> int | None:
+        """How far the journal file reaches now (None when there is none)."""
+        current = self._stat_path()
+        return None if current is None else current.st_size
+
+    def read(self, until: int | None = None) -> Iterator[bytes]:
+        """Every event payload in the complete lines from the position to the end,
+        or only to offset ``until`` of the same file when one is given (a rotated or
+        truncated journal is then still read whole from its start).
 
         A generator: ``position`` moves as whole chunks are consumed, so abandoning it
         early leaves a position from which nothing unread is skipped.
@@ -105,13 +112,15 @@ class JournalTail:
                 return
         else:
             self._seek(self._offset)  # an earlier read may have been left mid-chunk
-        yield from self._drain()
+        yield from self._drain(until)
         current = self._stat_path()
         if current is None:
             return
         if current.st_ino != self._inode:
             log.warning("journal %s was rotated (new inode %s); reading the new file from "
                         "its start", self.path, current.st_ino)
+            if until is not None:
+                yield from self._drain()  # the rest of the old file first
             self.close()
             if self._open(rotated=True):
                 yield from self._drain()
@@ -162,15 +171,18 @@ class JournalTail:
         self._file.seek(offset)
         self._offset = offset
 
-    def _drain(self) -> Iterator[bytes]:
+    def _drain(self, until: int | None = None) -> Iterator[bytes]:
         assert self._file is not None
         while True:
-            chunk = self._file.read(_CHUNK)
+            want = _CHUNK if until is None else min(_CHUNK, until - self._offset)
+            if want <= 0:
+                return
+            chunk = self._file.read(want)
             if not chunk:
                 return
             end = chunk.rfind(b"\n")
             if end < 0:  # no complete line yet (or one longer than a chunk: read on)
-                if len(chunk) < _CHUNK:
+                if len(chunk) < want or want < _CHUNK:
                     self._seek(self._offset)
                     return
                 self._skip_long_line(chunk)

@@ -103,3 +103,32 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
     cp.path.write_text("garbage")
     assert cp.load() is None
+
+
+def test_a_lagged_read_stops_at_the_given_offset(tmp_path: Path) -> None:
+    """While evapi is connected the adapter reads only as far as the journal reached a
+    pass ago, so frames still on their way are not published twice."""
+    journal = tmp_path / "kamailio.log"
+    journal.write_bytes(line(1) + line(2))
+    tail = JournalTail(journal, None)
+    until = len(line(1)) + 5  # inside line 2: it waits
+    assert list(tail.read(until)) == [b'{"n":1}']
+    assert tail.position.offset == len(line(1))
+    size = tail.size()
+    with journal.open("ab") as f:
+        f.write(line(3))
+    assert list(tail.read(size)) == [b'{"n":2}']
+    assert list(tail.read()) == [b'{"n":3}']
+
+
+def test_a_lagged_read_finishes_a_rotated_journal(tmp_path: Path) -> None:
+    journal = tmp_path / "kamailio.log"
+    journal.write_bytes(line(1))
+    tail = JournalTail(journal, None)
+    assert list(tail.read()) == [b'{"n":1}']
+    size = tail.size()
+    with journal.open("ab") as f:
+        f.write(line(2))  # beyond the lag limit, then the file is rotated away
+    journal.rename(tmp_path / "kamailio.log.1")
+    journal.write_bytes(line(3))
+    assert list(tail.read(size)) == [b'{"n":2}', b'{"n":3}']
