@@ -35,15 +35,15 @@ class Expected:
     jsonl: Path
 
 
-def _app_id(prefix: str) -> str:
+def app_id_for(prefix: str) -> str:
     return f"{prefix}correlator"
 
 
-def _processes(args: argparse.Namespace, prefix: str, url: str,
+def start_processes(args: argparse.Namespace, prefix: str, url: str,
                workdir: Path) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
     exe = [sys.executable, "-m", "pipeline.cli"]
-    worker = [*exe, "worker", "--config", str(args.config), "--app-id", _app_id(prefix),
+    worker = [*exe, "worker", "--config", str(args.config), "--app-id", app_id_for(prefix),
               "--data-dir", str(workdir / "worker")]
     sink = [*exe, "sink", "--config", str(args.config), "--group", f"{prefix}sink",
             "--clickhouse", url, "--topic", f"{prefix}cdrs"]
@@ -55,7 +55,7 @@ def _processes(args: argparse.Namespace, prefix: str, url: str,
     return procs
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -78,7 +78,7 @@ def _expected(items: list[Any], config: Any, workdir: Path) -> Expected:
     return Expected({cid: cdr.version for cid, cdr in final.items()}, path)
 
 
-def _stored_versions(backend: Any, database: str, call_prefix: str) -> dict[str, int]:
+def stored_versions(backend: Any, database: str, call_prefix: str) -> dict[str, int]:
     rows = backend.execute(
         f"SELECT call_id, max(version) FROM {database}.cdr WHERE startsWith(call_id, {{p:String}}) "
         "GROUP BY call_id",
@@ -92,7 +92,7 @@ def _wait_for_cdrs(backend: Any, database: str, call_prefix: str, expected: Expe
     started = time.monotonic()
     stored: dict[str, int] = {}
     while time.monotonic() - started < timeout_s:
-        stored = _stored_versions(backend, database, call_prefix)
+        stored = stored_versions(backend, database, call_prefix)
         if stored == expected.versions:
             return time.monotonic() - started
         for proc in procs:
@@ -108,6 +108,10 @@ def _wait_for_cdrs(backend: Any, database: str, call_prefix: str, expected: Expe
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.sip:  # real SIP calls through Kamailio instead of the simulator
+        from pipeline.sipdemo import run_sip_demo
+
+        return run_sip_demo(args, DEFAULT_CONFIG)
     from pipeline.core.config import load_config
     from pipeline.kafka.admin import (
         default_topic_specs,
@@ -144,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     expected = _expected(items, config, workdir)
     print(f"demo {run}: {args.calls} calls, {len(items)} records from {args.switches} switches; "
           f"faults: {stats.faults_text()}", file=sys.stderr)
-    procs = _processes(args, prefix, url, workdir)
+    procs = start_processes(args, prefix, url, workdir)
     try:
         t0 = time.monotonic()
         with SwitchPublisher(args.bootstrap, f"{prefix}call-events") as publisher:
@@ -152,8 +156,8 @@ def _run(args: argparse.Namespace) -> int:
         published = time.monotonic() - t0
         waited = _wait_for_cdrs(backend, database, f"{seed}-", expected, procs, args.timeout)
     finally:
-        _stop(procs)
-        delete_topics(args.bootstrap, [s.name for s in specs] + worker_topics(_app_id(prefix)))
+        stop_processes(procs)
+        delete_topics(args.bootstrap, [s.name for s in specs] + worker_topics(app_id_for(prefix)))
     print(f"published in {published:.1f} s; every call's CDR in ClickHouse {waited:.1f} s later, "
           f"equal to rate-file ({len(expected.versions)} calls). Logs and events: {workdir}",
           file=sys.stderr)
@@ -178,4 +182,8 @@ def register(sub: Any) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap (default from config)")
     p.add_argument("--clickhouse", metavar="URL", help="ClickHouse URL (default from config)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the CDRs")
+    p.add_argument("--sip", action="store_true",
+                   help="real SIP calls (SIPp) through a Kamailio switch node and the switch "
+                        "adapter instead of the simulator (default config: "
+                        "deploy/kamailio/pipeline.toml); see pipeline/sipdemo.py")
     p.set_defaults(handler=_run)

@@ -257,12 +257,15 @@ def start_calls(
     switch_host: str = HOST,
     timeout_s: int = 120,
     trace_calls: bool = True,
+    call_id_format: str | None = None,
 ) -> UacRun:
     """Start placing ``calls`` with one UAC scenario (see :data:`SCENARIOS`).
 
     ``hold_ms`` is SIPp's -d: talk time before the caller's BYE (caller_bye) or
     ring time before the CANCEL (cancel). ``local_ip``/``local_port`` is the
     caller's source address, which the switch classifies (trusted list).
+    ``call_id_format`` is SIPp's -cid_str (e.g. ``"run7-%u-%p@%s"``), for Call-IDs
+    unique across runs; SIPp's default is ``"%u-%p@%s"``.
     """
     if not calls:
         raise ValueError("no calls to place")
@@ -290,6 +293,8 @@ def start_calls(
     ]  # fmt: skip
     if max_concurrent:
         cmd += ["-l", str(max_concurrent)]
+    if call_id_format:
+        cmd += ["-cid_str", call_id_format]
     if trace_calls:
         cmd += ["-trace_logs", "-log_file", str(log_file)]
     out = open(workdir / f"{tag}.out", "wb")  # noqa: SIM115 - owned by the process
