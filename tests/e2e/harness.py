@@ -75,9 +75,10 @@ class Pipeline:
         self.procs.append(proc)
         return proc
 
-    def start_worker(self, metrics_port: int | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, metrics_port: int | None = None,
+                     config: Path = CONFIG) -> subprocess.Popen[bytes]:
         metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
-        return self._spawn("worker", ["worker", "--config", str(CONFIG), "--app-id", self.app_id,
+        return self._spawn("worker", ["worker", "--config", str(config), "--app-id", self.app_id,
                                       "--data-dir", str(self.workdir / "faust"), "--faust-loglevel", "info",
                                       *metrics])
 
@@ -91,9 +92,9 @@ class Pipeline:
         finally:
             client.close()
 
-    def start_sink(self) -> subprocess.Popen[bytes]:
+    def start_sink(self, config: Path = CONFIG) -> subprocess.Popen[bytes]:
         url = f"native://{self.backend.host}:{self.backend.port}/{self.database}"
-        return self._spawn("sink", ["sink", "--config", str(CONFIG), "--group", f"{self.prefix}sink",
+        return self._spawn("sink", ["sink", "--config", str(config), "--group", f"{self.prefix}sink",
                                     "--clickhouse", url, "--topic", f"{self.prefix}cdrs",
                                     "--batch-rows", "500", "--batch-seconds", "0.5"])
 
