@@ -23,3 +23,18 @@ def test_demo_rates_every_call_and_reports(kafka_bootstrap: str, clickhouse_nati
     for heading in ("ASR", "ACD", "billable min", "revenue USD", "at risk USD",
                     "Revenue at risk by decision reason", "Hangup sources and server reasons"):
         assert heading in out.stdout
+
+
+def test_sip_demo_rates_every_sip_call_and_reports(
+    kafka_bootstrap: str, clickhouse_native: object
+) -> None:
+    """`demo --sip`: real SIP calls through Kamailio; every call SIPp placed is rated."""
+    out = subprocess.run([str(EXE), "demo", "--sip", "--bootstrap", kafka_bootstrap,
+                          "--timeout", "300"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-2000:])
+    text = out.stdout + out.stderr
+    assert re.search(r"equal to rate-file on the adapter's \d+ events \(15 calls\)", text), text
+    totals = out.stdout.split("Totals", 1)[1].splitlines()[3]
+    assert totals.split()[0] == "15"  # attempts: every SIP call of this run, once
+    for case in ("route advance", "cut at max duration", "unknown source", "SKIPPED"):
+        assert case in out.stdout
