@@ -148,6 +148,7 @@ cmd_render() {
         -e "s|@NO_ANSWER_MS@|$((NO_ANSWER_S * 1000))|g" \
         -e "s|@FR_TIMER_MS@|${FR_TIMER_MS}|g" \
         -e "s|@RING_EXPIRE_S@|$((NO_ANSWER_S + 120))|g" \
+        -e "s|@CALL_EXPIRE_S@|$((MAX_CALL_S + 600))|g" \
         -e "s|@NODE_ID@|${NODE_ID}|g" \
         -e "s|@CHILDREN@|${CHILDREN}|g" \
         -e "s|@LOG_LEVEL@|${LOG_LEVEL}|g" \
