@@ -107,37 +107,57 @@ def _wait_for_cdrs(backend: Any, database: str, call_prefix: str, expected: Expe
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.sip:  # real SIP calls through Kamailio instead of the simulator
-        from pipeline.sipdemo import run_sip_demo
+@dataclass
+class DemoRun:
+    """One demo run's own names and connections: topics demo-<run>-..., out/<kind>-<run>/."""
 
-        return run_sip_demo(args, DEFAULT_CONFIG)
+    config: Any  # BillingConfig
+    url: str
+    run: str
+    prefix: str
+    workdir: Path
+    backend: Any
+    database: str
+    specs: list[Any]  # the run's TopicSpecs
+
+
+def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
+    """Load the config, name the run, open ClickHouse (schema migrated) and create the
+    run's topics; fills in args.bootstrap from the config when not given."""
     from pipeline.core.config import load_config
-    from pipeline.kafka.admin import (
-        default_topic_specs,
-        delete_topics,
-        ensure_topics,
-        worker_topics,
-    )
-    from pipeline.report import Filters, build_report, format_report
+    from pipeline.kafka.admin import default_topic_specs, ensure_topics
     from pipeline.settings import load_settings
     from pipeline.sink.url import open_backend
     from pipeline.storage.migrate import migrate
-    from pipeline.switch.publisher import SwitchPublisher
-    from pipeline.switch.simulator import FaultMix, SimStats, generate, publish
 
     config = load_config(args.config)
     settings = load_settings(args.config)
     args.bootstrap = args.bootstrap or settings.kafka.bootstrap
     url = args.clickhouse or settings.clickhouse.url
     run = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    prefix = f"demo-{run}-"
-    workdir = ROOT / "out" / f"demo-{run}"
+    prefix = f"{kind}-{run}-"
+    workdir = ROOT / "out" / f"{kind}-{run}"
     workdir.mkdir(parents=True, exist_ok=True)
     backend, database = open_backend(url)
     migrate(backend, database)
     specs = default_topic_specs(prefix, settings.kafka.partitions, 1)
     ensure_topics(args.bootstrap, specs)
+    return DemoRun(config, url, run, prefix, workdir, backend, database, list(specs))
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.sip:  # real SIP calls through Kamailio instead of the simulator
+        from pipeline.sipdemo import run_sip_demo
+
+        return run_sip_demo(args, DEFAULT_CONFIG)
+    from pipeline.kafka.admin import delete_topics, worker_topics
+    from pipeline.report import Filters, build_report, format_report
+    from pipeline.switch.publisher import SwitchPublisher
+    from pipeline.switch.simulator import FaultMix, SimStats, generate, publish
+
+    demo = prepare_run(args, "demo")
+    config, url, run, prefix, workdir = demo.config, demo.url, demo.run, demo.prefix, demo.workdir
+    backend, database, specs = demo.backend, demo.database, demo.specs
 
     stats = SimStats()
     seed = int(run)

@@ -332,34 +332,16 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
-    from pipeline.core.config import load_config
-    from pipeline.demo import app_id_for, start_processes, stop_processes
-    from pipeline.kafka.admin import (
-        default_topic_specs,
-        delete_topics,
-        ensure_topics,
-        worker_topics,
-    )
+    from pipeline.demo import app_id_for, prepare_run, start_processes, stop_processes
+    from pipeline.kafka.admin import delete_topics, worker_topics
     from pipeline.report import Filters, build_report, format_report
-    from pipeline.settings import load_settings
-    from pipeline.sink.url import open_backend
-    from pipeline.storage.migrate import migrate
 
     check_args(args)
     if args.config == default_config:
         args.config = SIP_CONFIG  # the accounts and gateways the switch node sends
-    config = load_config(args.config)
-    settings = load_settings(args.config)
-    args.bootstrap = args.bootstrap or settings.kafka.bootstrap
-    url = args.clickhouse or settings.clickhouse.url
-    run = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    prefix = f"sipdemo-{run}-"
-    workdir = ROOT / "out" / f"sipdemo-{run}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    backend, database = open_backend(url)
-    migrate(backend, database)
-    specs = default_topic_specs(prefix, settings.kafka.partitions, 1)
-    ensure_topics(args.bootstrap, specs)
+    demo = prepare_run(args, "sipdemo")
+    config, url, run, prefix, workdir = demo.config, demo.url, demo.run, demo.prefix, demo.workdir
+    backend, database, specs = demo.backend, demo.database, demo.specs
     env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
     print(f"sip demo {run}: starting the Kamailio switch node, the adapter, a worker and a sink",
           file=sys.stderr)
