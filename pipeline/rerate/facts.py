@@ -66,6 +66,8 @@ def view_of(row: StoredRow) -> tuple[CallView, str]:
     the CDR has a post-dial delay; a NEGATIVE_PDD flag puts it before the SETUP, as
     the switch did. HANGUP_MISSING calls get no HANGUP: `rate_call` closes them
     itself (answer + max_call_duration_s, or the last event time, the stored end).
+    RINGING and HANGUP carry the stored egress gateway too: a call not answered keeps
+    the gateway it last tried (the ANSWER's wins when there is one).
     """
     call_id = row[I_CALL_ID]
     switch_id = row[I_SWITCH]
@@ -116,7 +118,7 @@ def view_of(row: StoredRow) -> tuple[CallView, str]:
                     None,
                     None,
                     None,
-                    None,
+                    row[I_EGRESS],
                     None,
                     None,
                     None,
@@ -164,7 +166,7 @@ def view_of(row: StoredRow) -> tuple[CallView, str]:
                 None,
                 None,
                 None,
-                None,
+                row[I_EGRESS],
                 None,
                 bool(row[I_ANSWERED]),
                 row[I_HANGUP_SOURCE],
