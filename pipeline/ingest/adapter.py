@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import selectors
 import socket
 import time
@@ -53,6 +54,7 @@ class AdapterConfig:
     topic: str
     dlq_topic: str
     journal: Path | None = None
+    journal_from_end: bool = False  # no checkpoint yet: start at the journal's end
     state_dir: Path | None = None
     unknown_account: str = "UNIDENTIFIED"
     checkpoint_interval_s: float = 1.0
@@ -278,6 +280,12 @@ class KamailioAdapter:
         if self._tail is not None:
             self._tail.close()
         self._saved = self._checkpoint.load()
+        if self._saved is None and self.config.journal_from_end:
+            self._saved = self._journal_end()
+            if self._saved is not None:
+                self._checkpoint.save(self._saved)
+                log.info("journal %s: no checkpoint, starting at its end (offset %s) as asked",
+                         self.config.journal, self._saved.offset)
         self._tail = JournalTail(self.config.journal, self._saved)
         self._seen.clear()
         if self._saved is not None:
@@ -285,6 +293,19 @@ class KamailioAdapter:
         level = logging.INFO if self._kafka_down_since is None else logging.DEBUG
         log.log(level, "journal %s from %s", self.config.journal,
                  f"offset {self._saved.offset}" if self._saved else "its start (no checkpoint)")
+
+    def _journal_end(self) -> Position | None:
+        """Where the journal ends now, after its last complete line; None if there is none."""
+        assert self.config.journal is not None
+        try:
+            with self.config.journal.open("rb") as journal:
+                data_end = journal.seek(0, 2)
+                journal.seek(max(0, data_end - 65536))
+                tail = journal.read()
+                inode = os.fstat(journal.fileno()).st_ino
+        except FileNotFoundError:
+            return None
+        return Position(inode, data_end - len(tail) + tail.rfind(b"\n") + 1)
 
     def _sync(self, abort_on_stop: bool = True) -> None:
         """Publish what only the journal has; once Kafka acknowledged all, checkpoint."""

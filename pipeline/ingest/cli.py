@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
                    help="Kamailio's evapi bind_addr")
     k.add_argument("--journal", type=Path, metavar="PATH",
                    help="Kamailio's log with the 'CDR-EVENT <json>' lines (the backstop)")
+    k.add_argument("--journal-from-end", action="store_true",
+                   help="with no checkpoint yet, start at the journal's current end instead "
+                        "of its start (adopting an old log whose calls were rated already)")
     k.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="where the journal checkpoint is kept (default: next to the journal)")
     k.add_argument("--bootstrap", help="Kafka bootstrap servers (env CDR_KAFKA_BOOTSTRAP)")
@@ -84,6 +87,8 @@ def _run_kamailio(args: argparse.Namespace) -> int:
     if args.journal is not None and args.journal.is_dir():
         raise ConfigError(f"--journal: {args.journal} is a directory, not Kamailio's log file")
     state_dir = args.state_dir or (Path(ingest.state_dir) if ingest.state_dir else None)
+    if args.journal_from_end and args.journal is None:
+        raise ConfigError("--journal-from-end: needs --journal")
     if state_dir is not None and not state_dir.is_dir():
         raise ConfigError(f"--state-dir: {state_dir} is not a directory")
     adapter = KamailioAdapter(AdapterConfig(
@@ -93,6 +98,7 @@ def _run_kamailio(args: argparse.Namespace) -> int:
         topic=kafka.call_events,
         dlq_topic=kafka.dlq,
         journal=args.journal,
+        journal_from_end=args.journal_from_end,
         state_dir=state_dir,
         unknown_account=ingest.unknown_account,
         checkpoint_interval_s=ingest.checkpoint_interval_s,

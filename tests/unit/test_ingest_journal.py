@@ -132,3 +132,35 @@ def test_a_lagged_read_finishes_a_rotated_journal(tmp_path: Path) -> None:
     journal.rename(tmp_path / "kamailio.log.1")
     journal.write_bytes(line(3))
     assert list(tail.read(size)) == [b'{"n":2}', b'{"n":3}']
+
+
+def _adapter(journal: Path, from_end: bool) -> None:
+    """Construct (and close) an adapter: its start reads or writes the checkpoint."""
+    from pipeline.ingest.adapter import AdapterConfig, KamailioAdapter
+
+    adapter = KamailioAdapter(AdapterConfig(
+        evapi_host="127.0.0.1", evapi_port=1, bootstrap="127.0.0.1:1", topic="t",
+        dlq_topic="t.dlq", journal=journal, journal_from_end=from_end))
+    adapter._close()
+
+
+def test_journal_from_end_starts_a_first_run_at_the_end(tmp_path: Path) -> None:
+    """Adopting an old log: its calls were rated already, so a first start skips them
+    (only when no checkpoint exists; an existing one always wins)."""
+    journal = tmp_path / "kamailio.log"
+    journal.write_bytes(line(1) + line(2) + b"half a li")
+    _adapter(journal, from_end=True)
+    saved = Checkpoint(checkpoint_path(journal, None)).load()
+    assert saved == Position(os.stat(journal).st_ino, len(line(1) + line(2)))
+    with journal.open("ab") as f:
+        f.write(b"ne\n" + line(3))
+    _adapter(journal, from_end=True)  # the checkpoint exists: it stays
+    assert Checkpoint(checkpoint_path(journal, None)).load() == saved
+    assert list(JournalTail(journal, saved).read()) == [b'{"n":3}']
+
+
+def test_without_journal_from_end_a_first_run_reads_from_the_start(tmp_path: Path) -> None:
+    journal = tmp_path / "kamailio.log"
+    journal.write_bytes(line(1))
+    _adapter(journal, from_end=False)
+    assert Checkpoint(checkpoint_path(journal, None)).load() is None
