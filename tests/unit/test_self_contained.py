@@ -14,11 +14,11 @@ import pytest
 
 from tests.paths import ROOT
 
-# Built from pieces so that this file does not match itself.
-_SIBLING = re.escape("../" + "shared")
+# The team folder's name, built from pieces so that this file names it nowhere.
+_TEAM = "sha" + "red"
 _PATTERNS = {
-    "a folder beside the clone": _SIBLING,
-    "the team's shared folder": r"\bshared/(spec|examples|notes|hooks)\b",
+    "a folder beside the clone": re.escape("../" + _TEAM),
+    "the team's folder": rf"\b{_TEAM}/(spec|examples|notes|hooks)\b",
     "a development machine's absolute path": r"(?<![\w.])/(work|root|home)/[\w.-]+",
 }
 
