@@ -41,7 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_bench import _poll_stored, _wait_assigned, _wait_quiet  # noqa: E402
+from stream_bench import (  # noqa: E402
+    _poll_stored,
+    _wait_assigned,
+    _wait_quiet,
+    pids_matching,
+    proc_cpu_s,
+)
 
 from pipeline.kafka.admin import (  # noqa: E402
     default_topic_specs,
@@ -60,7 +66,6 @@ BOOTSTRAP = os.environ.get("CDR_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
 CH_URL = "native://127.0.0.1:19000/"
 PARTITIONS = 3
 POLL_S = 0.1  # stream_bench's poller interval: the latency resolution
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _spawn(args: list[str], prefix: str, log: Path) -> subprocess.Popen[bytes]:
@@ -71,33 +76,8 @@ def _spawn(args: list[str], prefix: str, log: Path) -> subprocess.Popen[bytes]:
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of one process; 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def _pids_by_cmdline(marker: str) -> list[int]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            out.append(int(pid))
-    return out
-
-
 def _cpu(parts: dict[str, list[int]]) -> dict[str, float]:
-    return {name: sum(_proc_cpu(p) for p in pids) for name, pids in parts.items()}
+    return {name: sum(proc_cpu_s(p) for p in pids) for name, pids in parts.items()}
 
 
 def _metric(port: int, name: str) -> float:
@@ -152,11 +132,11 @@ def run(args: argparse.Namespace) -> None:
         calls = [CallSpec("4930100000", f"44207{i % 1000:03d}{(i * 7) % 10}1")
                  for i in range(total)]  # never a behaviour suffix: every call is answered
         parts = {
-            "kamailio": _pids_by_cmdline(str(node.base / "stack" / "kamailio.cfg")),
+            "kamailio": pids_matching(str(node.base / "stack" / "kamailio.cfg")),
             "sipp gateways": [g.process.pid for g in node.gateways],
             "adapter": [adapter.pid], "worker": [worker.pid], "sink": [sink.pid],
-            "broker": _pids_by_cmdline("kafka.Kafka"),
-            "clickhouse": _pids_by_cmdline("clickhouse-server"),
+            "broker": pids_matching("kafka.Kafka"),
+            "clickhouse": pids_matching("clickhouse-server"),
             "this bench (poller)": [os.getpid()],
         }
         before = _cpu(parts)
@@ -169,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
         before["sipp caller"] = 0.0
         sipp_cpu = 0.0
         while uac.process.poll() is None:  # SIPp's own CPU, read while its pid exists
-            sipp_cpu = _proc_cpu(uac.process.pid) or sipp_cpu
+            sipp_cpu = proc_cpu_s(uac.process.pid) or sipp_cpu
             time.sleep(0.5)  # sampling a process's CPU while it runs
         result = uac.wait(10)
         placing_s = time.monotonic() - t0

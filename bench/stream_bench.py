@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -327,27 +328,47 @@ class LatencyRun:
     seconds: float  # how long publishing took
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every process on this machine."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                yield int(pid), f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+
+
+def pids_matching(marker: str) -> list[int]:
+    """The processes whose command line contains `marker`."""
+    return [pid for pid, cmdline in _cmdlines() if marker in cmdline]
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of one process; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def _cpu_seconds() -> dict[str, float]:
     """CPU seconds (user + system) used so far, summed per kind of process on this
     machine: the worker(s), the sink, the broker, ClickHouse, this benchmark."""
     kinds = {"pipeline.cli worker": "worker", "pipeline.cli sink": "sink",
              "kafka.Kafka": "broker", "clickhouse-server": "clickhouse",
              "stream_bench.py": "publisher (this benchmark)"}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
+    for pid, cmdline in _cmdlines():
         kind = next((k for marker, k in kinds.items() if marker in cmdline), None)
         if kind is not None:
-            out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            out[kind] = out.get(kind, 0.0) + proc_cpu_s(pid)
     return out
 
 
