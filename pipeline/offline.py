@@ -13,7 +13,7 @@ from typing import IO, Any
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
-from pipeline.core.events import parse_event
+from pipeline.core.events import CallEvent, parse_event
 from pipeline.core.summary import Totals, newest_versions, totals
 from pipeline.errors import InvalidEvent
 
@@ -48,14 +48,45 @@ class RateFileResult:
     totals: Totals = field(default_factory=Totals)
 
 
-def _decode(line: str) -> dict[str, Any]:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+@dataclass(frozen=True)
+class Tick:
+    """A watermark control line (``{"tick_ms": ...}``): advances event time, no event."""
+
+    ts_ms: int
+
+
+Item = CallEvent | Tick
+
+
+def parse_item(raw: Any) -> Item:
+    """A decoded JSON value as a CallEvent or a Tick; InvalidEvent says why it is neither.
+    A tick is an object with ``tick_ms`` and no ``event_type``."""
     if not isinstance(raw, dict):
         raise InvalidEvent(f"an event must be a JSON object, got {type(raw).__name__}")
-    return raw
+    if TICK_KEY in raw and "event_type" not in raw:
+        tick = raw[TICK_KEY]
+        if type(tick) is not int:
+            raise InvalidEvent(f"field '{TICK_KEY}' must be epoch milliseconds")
+        return Tick(tick)
+    return parse_event(raw)
+
+
+def parse_line(text: str) -> Item:
+    """One line of the JSON Lines input: the one judgement of a line that rate-file,
+    ``publish`` and ``ingest http`` share, reasons included."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    return parse_item(raw)
+
+
+def numbered_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines, numbered from 1."""
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if text:
+            yield number, text
 
 
 def rate_lines(
@@ -70,19 +101,13 @@ def rate_lines(
     `correlator` to inspect it afterwards (open calls).
     """
     correlator = correlator if correlator is not None else Correlator(config)
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if not text:
-            continue
+    for number, text in numbered_lines(lines):
         try:
-            raw = _decode(text)
-            if TICK_KEY in raw and "event_type" not in raw:
-                tick = raw[TICK_KEY]
-                if type(tick) is not int:
-                    raise InvalidEvent(f"field '{TICK_KEY}' must be epoch milliseconds")
-                yield from correlator.advance(tick)
+            item = parse_line(text)
+            if isinstance(item, Tick):
+                yield from correlator.advance(item.ts_ms)
                 continue
-            yield from correlator.on_event(parse_event(raw))
+            yield from correlator.on_event(item)
         except InvalidEvent as exc:
             if on_reject is not None:
                 on_reject(Reject(number, exc.reason, exc.category, text))

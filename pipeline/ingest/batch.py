@@ -14,19 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.core.events import CallEvent, parse_event
+from pipeline.core.events import CallEvent
 from pipeline.errors import InvalidEvent
-from pipeline.offline import TICK_KEY, Reject
+from pipeline.offline import (
+    Item,
+    Reject,
+    Tick,
+    numbered_lines,
+    parse_item,
+    parse_line,
+)
 
-
-@dataclass(frozen=True)
-class Tick:
-    """A watermark control line (``{"tick_ms": ...}``): advances event time, no event."""
-
-    ts_ms: int
-
-
-Item = CallEvent | Tick
+__all__ = ["Batch", "Item", "Tick", "numbered_lines", "parse_body", "parse_item",
+           "parse_line", "parse_lines"]
 
 
 @dataclass
@@ -40,35 +40,6 @@ class Batch:
     @property
     def events(self) -> list[tuple[int, CallEvent]]:
         return [(pos, item) for pos, item in self.items if isinstance(item, CallEvent)]
-
-
-def parse_item(raw: Any) -> Item:
-    """A decoded JSON value as a CallEvent or a Tick; InvalidEvent says why it is neither.
-    The tick rule is rate-file's: an object with ``tick_ms`` and no ``event_type``."""
-    if not isinstance(raw, dict):
-        raise InvalidEvent(f"an event must be a JSON object, got {type(raw).__name__}")
-    if TICK_KEY in raw and "event_type" not in raw:
-        tick = raw[TICK_KEY]
-        if type(tick) is not int:  # rate-file's check and reason, word for word
-            raise InvalidEvent(f"field '{TICK_KEY}' must be epoch milliseconds")
-        return Tick(tick)
-    return parse_event(raw)
-
-
-def parse_line(text: str) -> Item:
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidEvent(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
-    return parse_item(raw)
-
-
-def numbered_lines(lines: Iterator[str] | list[str]) -> Iterator[tuple[int, str]]:
-    """(line number, stripped text) of the non-blank lines, numbered as rate-file does."""
-    for number, line in enumerate(lines, start=1):
-        text = line.strip()
-        if text:
-            yield number, text
 
 
 def parse_lines(lines: Iterator[str] | list[str]) -> Batch:
