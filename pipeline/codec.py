@@ -257,14 +257,14 @@ def is_tick(headers: list[tuple[str, bytes]] | dict[str, bytes] | None) -> bool:
 
 # -- a CDR's storage anchor ----------------------------------------------------------
 # The worker sends each CDR with a header naming its call's pinned start
-# (CallState.anchor_ms, epoch ms as ASCII digits): the sink files every version of the
+# (CallState.call_start_ms, epoch ms as ASCII digits): the sink files every version of the
 # call under it (`cdr.call_start_ms`), even one that gained an earlier time (a SETUP
 # after a SETUP_MISSING CDR). A CDR without the header is filed under its own start.
 CALL_START_HEADER = "cdr-call-start-ms"
 
 
-def call_start_header(anchor_ms: int) -> tuple[str, bytes]:
-    return (CALL_START_HEADER, str(int(anchor_ms)).encode("ascii"))
+def call_start_header(call_start_ms: int) -> tuple[str, bytes]:
+    return (CALL_START_HEADER, str(int(call_start_ms)).encode("ascii"))
 
 
 def call_start_from(headers: Any) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -96,13 +97,21 @@ class RatedCdr(NamedTuple):
 CDR_FIELDS: tuple[str, ...] = RatedCdr._fields
 
 
-def call_anchor(cdr: RatedCdr) -> int | None:
-    """Where a call is filed in time: its SETUP time, else (a SETUP_MISSING call) its
-    answer or end time; None for a CDR with none of them. The `cdr` table's
-    `call_start_ms` rule. The correlator pins the value of a call's first CDR
-    (CallState.anchor_ms), so that a later version that gains an earlier time is
-    still filed with the first."""
-    for value in (cdr.setup_ts_ms, cdr.answer_ts_ms, cdr.end_ts_ms):
+CALL_START_SOURCES: tuple[str, ...] = ("setup_ts_ms", "answer_ts_ms", "end_ts_ms")
+
+
+def call_start_ms(cdr: RatedCdr | Mapping[str, Any]) -> int | None:
+    """The one call-start rule: where a call is filed in time. Its SETUP time, else (a
+    SETUP_MISSING call) its answer or end time; None for a CDR with none of them. It is
+    the `cdr` table's `call_start_ms` and the `cdr-call-start-ms` record header. The
+    correlator pins the value of a call's first CDR (CallState.call_start_ms), so that a
+    later version that gains an earlier time is still filed with the first. Takes a
+    RatedCdr or a mapping with its fields (a stored or decoded row)."""
+    if isinstance(cdr, Mapping):
+        values: Any = (cdr.get(name) for name in CALL_START_SOURCES)
+    else:
+        values = (cdr.setup_ts_ms, cdr.answer_ts_ms, cdr.end_ts_ms)
+    for value in values:
         if value is not None:
-            return value
+            return int(value)
     return None

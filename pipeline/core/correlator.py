@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator, MutableMapping
 
-from pipeline.core.cdr import VERSION_STRIDE, RatedCdr, call_anchor
+from pipeline.core.cdr import VERSION_STRIDE, RatedCdr, call_start_ms
 from pipeline.core.config import BillingConfig
 from pipeline.core.events import CallEvent
 from pipeline.core.rating import CallView, rate_call
@@ -75,14 +75,14 @@ class Correlator:
         if state.closed_at_ms is None:
             state.closed_at_ms = closed_at_ms
         cdr = self._rate(state, status)
-        if state.anchor_ms is None:
-            state.anchor_ms = call_anchor(cdr)
+        if state.call_start_ms is None:
+            state.call_start_ms = call_start_ms(cdr)
         return cdr
 
-    def anchor(self, call_id: str) -> int | None:
-        """The call's pinned start (CallState.anchor_ms), None if it has none (yet)."""
+    def call_start_ms(self, call_id: str) -> int | None:
+        """The call's pinned start (CallState.call_start_ms), None if it has none (yet)."""
         state = self.store.get(call_id)
-        return None if state is None else state.anchor_ms
+        return None if state is None else state.call_start_ms
 
     def _rate(self, state: CallState, status: str) -> RatedCdr:
         setup, ringing, answer, hangup = state.events

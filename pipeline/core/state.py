@@ -25,10 +25,10 @@ class CallState:
     # The driver's input position (e.g. Kafka offset) of the record whose processing
     # emitted the last version; lets a restarted driver re-send what may be unsent.
     emitted_at: int | None = None
-    # The call's start as its first CDR gave it (call_anchor): where the call is filed
+    # The call's start as its first CDR gave it (cdr.call_start_ms): where the call is filed
     # in storage. Pinned, because a later version may gain an earlier time (a SETUP
     # after a SETUP_MISSING CDR) and every version must be filed under one anchor.
-    anchor_ms: int | None = None
+    call_start_ms: int | None = None
     # Per slot, the event and its to_dict(): the worker writes a call's whole state each
     # time the call changes, and an event's dict was most of that cost.
     _dicts: list[tuple[CallEvent, dict[str, Any]] | None] = field(
@@ -71,7 +71,7 @@ class CallState:
             "version": self.version,
             "closed_at_ms": self.closed_at_ms,
             "emitted_at": self.emitted_at,
-            "anchor_ms": self.anchor_ms,
+            "call_start_ms": self.call_start_ms,
         }
 
     def _event_dict(self, slot: int) -> dict[str, Any] | None:
@@ -93,5 +93,6 @@ class CallState:
             version=data["version"],
             closed_at_ms=data["closed_at_ms"],
             emitted_at=data.get("emitted_at"),
-            anchor_ms=data.get("anchor_ms"),  # absent in states written before it existed
+            # "anchor_ms": its name before 2026-12; absent in states written before it existed
+            call_start_ms=data.get("call_start_ms", data.get("anchor_ms")),
         )

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.core.cdr import CDR_FIELDS, RatedCdr, call_anchor
+from pipeline.core import cdr as cdr_rules
+from pipeline.core.cdr import CDR_FIELDS, RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.events import CallEvent
 from pipeline.core.rating import CallView, rate_call
@@ -199,5 +200,5 @@ def cdr_of(row: StoredRow) -> RatedCdr:
 def row_of(cdr: RatedCdr, call_start_ms: int | None = None, run_id: str = "") -> tuple[Any, ...]:
     """A RatedCdr as a stored row (for tests and the Kafka source's new calls)."""
     if call_start_ms is None:
-        call_start_ms = call_anchor(cdr) or 0
+        call_start_ms = cdr_rules.call_start_ms(cdr) or 0
     return (*cdr, call_start_ms, run_id)

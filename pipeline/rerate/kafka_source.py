@@ -36,7 +36,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline import codec
-from pipeline.core.cdr import RatedCdr, call_anchor
+from pipeline.core.cdr import RatedCdr, call_start_ms
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
@@ -324,7 +324,7 @@ class KafkaSource:
     def _in_range(self, cdrs: list[RatedCdr]) -> list[RatedCdr]:
         out = []
         for cdr in cdrs:
-            start = call_anchor(cdr) or 0
+            start = call_start_ms(cdr) or 0
             if self.from_ms <= start < self.to_ms and (
                 not self.accounts or cdr.account_id in self.accounts
             ):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.core.cdr import RatedCdr, call_anchor
+from pipeline.core.cdr import RatedCdr, call_start_ms
 from pipeline.rerate.facts import COL, I_CALL_ID, I_CALL_START, I_VERSION, STORED_COLUMNS, StoredRow
 from pipeline.storage.backend import ClickHouseBackend
 from pipeline.storage.cdr_store import CDR_COLUMNS
@@ -309,7 +309,7 @@ def _history_columns(run_id: str, changes: Sequence[Change]) -> list[Sequence[An
 def _cdr_columns(run_id: str, changes: Sequence[Change]) -> list[Sequence[Any]]:
     news = [c.new for c in changes]
     by_field = list(zip(*news, strict=True))
-    starts = [c.old[I_CALL_START] if c.old is not None else call_anchor(c.new) or 0
+    starts = [c.old[I_CALL_START] if c.old is not None else call_start_ms(c.new) or 0
               for c in changes]
     columns: list[Sequence[Any]] = []
     for name in CDR_INSERT_COLUMNS:

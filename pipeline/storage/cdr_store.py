@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pipeline.core.cdr import call_start_ms
 from pipeline.storage.backend import ClickHouseBackend, ServerVersion, supports
 from pipeline.storage.errors import StorageError
 from pipeline.storage.sql import check_identifier
@@ -313,17 +314,17 @@ _NORMALISERS: list[Normaliser] = [
 ]
 
 
-def call_start_of(row: Mapping[str, Any]) -> int:
-    """The call's partition/sort anchor: `call_start_ms` if the writer pinned
-    one, else coalesce(setup_ts_ms, answer_ts_ms, end_ts_ms), else 0 (a call
-    with no timestamp at all lands in the 1970-01 partition, logged)."""
+def row_call_start_ms(row: Mapping[str, Any]) -> int:
+    """The `call_start_ms` a row is filed under: the one the writer pinned (the worker's
+    `cdr-call-start-ms` header), else the row's own by the call-start rule
+    (core.cdr.call_start_ms), else 0 (a call with no timestamp at all lands in the
+    1970-01 partition, logged)."""
     pinned = row.get("call_start_ms")
     if pinned is not None:
         return int(pinned)
-    for key in ("setup_ts_ms", "answer_ts_ms", "end_ts_ms"):
-        value = row.get(key)
-        if value is not None:
-            return int(value)
+    start = call_start_ms(row)
+    if start is not None:
+        return start
     logger.warning("CDR %r has no setup, answer or end time; call_start_ms = 0", row.get("call_id"))
     return 0
 
@@ -351,7 +352,7 @@ def _columns_for(rows: Sequence[Any]) -> list[list[Any]]:
             raise StorageError(f"CDR {call_id!r} lacks field(s) {', '.join(missing)}")
         for name, normalise, column in plan:
             column.append(normalise(row[name], call_id))
-        start_column.append(start_normaliser(call_start_of(row), call_id))
+        start_column.append(start_normaliser(row_call_start_ms(row), call_id))
         rerate = row.get("rerate_run_id") or ""
         if not isinstance(rerate, str):
             raise StorageError(f"CDR {call_id!r}: rerate_run_id={rerate!r} must be a str")
@@ -401,10 +402,10 @@ assert CDR_COLUMNS[0][0] == "call_id" and CDR_COLUMNS[1][0] == "version"
 def cdr_row(record: dict[str, Any]) -> tuple[Any, ...]:
     """One `cdr` row, values in CDR_COLUMNS order, from a record decoded by
     `codec.decode_cdr_record` (and only from such a record: the Avro types are
-    trusted). Adds `call_start_ms` (`call_start_of`) and `rerate_run_id` ('' unless
+    trusted). Adds `call_start_ms` (`row_call_start_ms`) and `rerate_run_id` ('' unless
     the record has one) and stores `answered` as 0/1; `record` is updated in place.
     Raises KeyError when a RatedCdr field is missing (a record of another schema)."""
-    record["call_start_ms"] = call_start_of(record)
+    record["call_start_ms"] = row_call_start_ms(record)
     record["answered"] = 1 if record["answered"] else 0
     if not record.get("rerate_run_id"):
         record["rerate_run_id"] = ""

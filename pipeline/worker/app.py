@@ -266,8 +266,8 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         """Each CDR as a record, with its call's pinned start in a header (the sink files
         every version of the call under it)."""
         for cdr in cdrs:
-            anchor = correlator.anchor(cdr.call_id)
-            headers = [] if anchor is None else [codec.call_start_header(anchor)]
+            start = correlator.call_start_ms(cdr.call_id)
+            headers = [] if start is None else [codec.call_start_header(start)]
             out.append((cdr.call_id.encode(), codec.encode_cdr(cdr), headers))
             counts[cdr.record_decision] += 1
 

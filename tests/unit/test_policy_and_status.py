@@ -230,7 +230,7 @@ def test_a_call_keeps_the_start_of_its_first_cdr_when_a_late_setup_moves_it(
     """A SETUP that arrives after the call's SETUP_MISSING CDR gives the next version an
     earlier time; the call stays filed under the first CDR's start (storage collapses a
     call's versions only under one start)."""
-    from pipeline.core.cdr import call_anchor
+    from pipeline.core.cdr import call_start_ms
     from pipeline.core.state import CallState
 
     setup, ringing, answer, hangup = call()
@@ -240,17 +240,20 @@ def test_a_call_keeps_the_start_of_its_first_cdr_when_a_late_setup_moves_it(
     grace_ms = cfg.policy.reorder_grace_s * 1000
     first = correlator.advance(hangup.ts_ms + grace_ms)  # the grace runs out: SETUP_MISSING
     assert [c.status for c in first] == ["SETUP_MISSING"]
-    assert correlator.anchor("c1") == call_anchor(first[0]) == answer.ts_ms
+    assert correlator.call_start_ms("c1") == call_start_ms(first[0]) == answer.ts_ms
     second = correlator.on_event(setup)
     assert [c.status for c in second] == ["COMPLETE"]
-    assert call_anchor(second[0]) == setup.ts_ms != answer.ts_ms  # the CDR's own start moved
-    assert correlator.anchor("c1") == answer.ts_ms  # the call's did not
+    assert call_start_ms(second[0]) == setup.ts_ms != answer.ts_ms  # the CDR's own start moved
+    assert correlator.call_start_ms("c1") == answer.ts_ms  # the call's did not
     state = correlator.store["c1"]
-    assert CallState.from_dict(state.to_dict()).anchor_ms == answer.ts_ms
+    assert CallState.from_dict(state.to_dict()).call_start_ms == answer.ts_ms
     # A state written before the anchor existed loads without one.
     old = state.to_dict()
-    del old["anchor_ms"]
-    assert CallState.from_dict(old).anchor_ms is None
+    del old["call_start_ms"]
+    assert CallState.from_dict(old).call_start_ms is None
+    # A state written under the field's former name still loads its start.
+    old["anchor_ms"] = answer.ts_ms
+    assert CallState.from_dict(old).call_start_ms == answer.ts_ms
 
 
 def test_a_call_complete_at_first_is_filed_at_its_setup(cfg: BillingConfig) -> None:
@@ -258,5 +261,5 @@ def test_a_call_complete_at_first_is_filed_at_its_setup(cfg: BillingConfig) -> N
     events = call()
     for event in events:
         correlator.on_event(event)
-    assert correlator.anchor("c1") == events[0].ts_ms
-    assert correlator.anchor("unknown") is None
+    assert correlator.call_start_ms("c1") == events[0].ts_ms
+    assert correlator.call_start_ms("unknown") is None
