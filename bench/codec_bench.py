@@ -13,7 +13,7 @@ does. Per record, in microseconds, for what the worker and sink do per message:
 
 "fastavro" is the codec as it was before the compiled path (codec.fastavro_encode and
 fastavro_decode: BytesIO plus fastavro.schemaless_writer / schemaless_reader, same
-header and checks); "compiled" is pipeline.codec now. Each round times every pair back
+header and checks); "compiled" is pipeline.avro.codec now. Each round times every pair back
 to back over all records; the best round of each is printed, so other load on the
 machine affects both alike.
 """
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-from pipeline import codec  # noqa: E402
+from pipeline.avro import codec  # noqa: E402
 from pipeline.core.cdr import RatedCdr  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.correlator import Correlator  # noqa: E402

@@ -36,7 +36,7 @@ from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.correlator import Correlator
 from pipeline.core.decks import load_deck
 from pipeline.core.events import parse_event
-from pipeline.gctune import tune_gc
+from pipeline.runtime.gctune import tune_gc
 
 HEADER = (
     "prefix,description,rate_per_min,first_increment_s,next_increment_s,connect_fee,"
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(built in {time.perf_counter() - start:.1f} s)"
         )
 
-        tune_gc()  # as the rate-file and worker entry points do (pipeline/gctune.py)
+        tune_gc()  # as the rate-file and worker entry points do (pipeline/runtime/gctune.py)
         warm = dicts[: min(len(dicts), 40_000)]
         run_core(config, warm)
         run_baseline(warm)

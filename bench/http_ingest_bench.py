@@ -33,7 +33,7 @@ from confluent_kafka import Producer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import codec  # noqa: E402
+from pipeline.avro import codec  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics  # noqa: E402

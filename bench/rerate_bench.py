@@ -44,7 +44,7 @@ from typing import Any
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
-from pipeline.offline import rate_lines
+from pipeline.offline.rate_file import rate_lines
 from pipeline.rerate.connect import NativeConnector
 from pipeline.rerate.facts import STORED_COLUMNS, row_of
 from pipeline.rerate.progress import Progress
@@ -304,7 +304,7 @@ def publish_events(
 ) -> int:
     from confluent_kafka import Producer
 
-    from pipeline import codec
+    from pipeline.avro import codec
 
     failed: list[str] = []
 
@@ -352,7 +352,7 @@ def publish_events(
 def _produce(
     producer: Any, topic: str, value: bytes, key: bytes | None, ts: int, partition: int | None
 ) -> None:
-    from pipeline import codec
+    from pipeline.avro import codec
 
     kwargs: dict[str, Any] = {"timestamp": ts}
     if partition is not None:
@@ -369,7 +369,7 @@ def _produce(
 def raw_kafka(bootstrap: str, topic: str, total: int) -> float:
     from confluent_kafka import Consumer, TopicPartition
 
-    from pipeline import codec
+    from pipeline.avro import codec
     from pipeline.core.events import parse_event
 
     consumer = Consumer(

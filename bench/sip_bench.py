@@ -55,10 +55,10 @@ from pipeline.kafka.admin import (  # noqa: E402
     ensure_topics,
     worker_topics,  # noqa: E402
 )
-from pipeline.sink.url import open_backend  # noqa: E402
+from pipeline.storage.url import open_backend  # noqa: E402
 from pipeline.sip.node import NodeSettings, SwitchNode, free_ports, start_node  # noqa: E402
 from pipeline.sip.traffic import CallSpec, UacRun, start_calls  # noqa: E402
-from pipeline.sipdemo import stop_process, wait_ready  # noqa: E402
+from pipeline.demo.sip import stop_process, wait_ready  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "kamailio" / "pipeline.toml"

@@ -40,7 +40,7 @@ from confluent_kafka.admin import AdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import codec  # noqa: E402
+from pipeline.avro import codec  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.correlator import Correlator  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
@@ -50,7 +50,7 @@ from pipeline.kafka.admin import (  # noqa: E402
     ensure_topics,
     worker_topics,
 )
-from pipeline.sink.url import open_backend  # noqa: E402
+from pipeline.storage.url import open_backend  # noqa: E402
 from pipeline.storage.cdr_store import cdr_row, insert_cdr_rows, row_digest  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
 from pipeline.switch.publisher import SwitchPublisher  # noqa: E402
@@ -100,7 +100,7 @@ def _end_offsets(topic: str) -> int:
 
 # The bare chains decode and encode with plain fastavro (codec.fastavro_decode and
 # fastavro_encode), as issue 4 defines them; the worker and the sink use the compiled
-# codec (pipeline/avro_compiled.py), several times faster (bench/codec_bench.py).
+# codec (pipeline/avro/compiled.py), several times faster (bench/codec_bench.py).
 
 
 def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:

@@ -1,50 +1,35 @@
-"""Subcommands beyond rate-file, registered here so cli.py stays small."""
+"""Every subcommand of `cdr-pipeline`, in `--help` order: each package's `register`
+adds its own (its CLI driver sits beside what it drives)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.dashboard.cli import register as dashboard
+from pipeline.demo.run import register as demo
+from pipeline.ingest.cli import register as ingest
+from pipeline.ingest.cli_http import register as ingest_http
+from pipeline.ingest.vos3000_cli import register as import_vos3000
+from pipeline.offline.cli import register as rate_file
+from pipeline.rerate.cli import register as rerate
+from pipeline.sink.cli import register as sink
+from pipeline.storage.cli import register as db
+from pipeline.switch.cli import register as simulate
+from pipeline.worker.cli import register as worker
+
 Register = Callable[[Any], None]
 
-REGISTRY: list[Register] = []
-
-from pipeline.worker.cli import register as _worker  # noqa: E402
-
-REGISTRY.append(_worker)
-
-from pipeline.sink.cli import register as _sink  # noqa: E402
-
-REGISTRY.append(_sink)
-
-from pipeline.switch.cli import register as _simulate  # noqa: E402
-
-REGISTRY.append(_simulate)
-
-from pipeline.dbcli import register as _db  # noqa: E402
-
-REGISTRY.append(_db)
-
-from pipeline.demo import register as _demo  # noqa: E402
-
-REGISTRY.append(_demo)
-
-from pipeline.rerate.cli import register as _rerate  # noqa: E402
-
-REGISTRY.append(_rerate)
-
-from pipeline.dashboard.cli import register as _dashboard  # noqa: E402
-
-REGISTRY.append(_dashboard)
-
-from pipeline.ingest.cli import register as _ingest  # noqa: E402
-
-REGISTRY.append(_ingest)
-
-from pipeline.ingest.vos3000_cli import register as _import_vos3000  # noqa: E402
-
-REGISTRY.append(_import_vos3000)
-
-from pipeline.ingest.cli_http import register as _ingest_http  # noqa: E402
-
-REGISTRY.append(_ingest_http)  # after _ingest: adds `http` to its `ingest` group
+REGISTRY: list[Register] = [
+    rate_file,
+    worker,
+    sink,
+    simulate,
+    db,
+    demo,
+    rerate,
+    dashboard,
+    ingest,
+    ingest_http,  # after ingest: adds `http` to its `ingest` group
+    import_vos3000,
+]

@@ -27,7 +27,7 @@ LEFTOVER_TOPIC = re.compile(
     r"|crash[0-9a-f]{8}-"           # tests/integration/test_worker_crash.py
     r"|bench[0-9a-f]{6}-"           # bench/stream_bench.py
     r"|rerate-bench-events-[0-9a-f]{8}$"  # bench/rerate_bench.py
-    r"|demo-[0-9]{14}-)"            # pipeline/demo.py (the README's first command)
+    r"|demo-[0-9]{14}-)"            # pipeline/demo/run.py (the README's first command)
 )
 LEFTOVER_DATABASE = re.compile(
     r"^(e2e[0-9a-f]{8}"
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from confluent_kafka.admin import AdminClient
 
     from pipeline.kafka.admin import delete_topics
-    from pipeline.sink.url import open_backend
+    from pipeline.storage.url import open_backend
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bootstrap", default="127.0.0.1:19092")

@@ -16,7 +16,7 @@ from pipeline.core.money import ROUNDING_MODES
 from pipeline.core.numbers import E164Patterns
 from pipeline.errors import ConfigError
 
-# Sections that belong to the runtime settings (pipeline/settings.py), not to billing.
+# Sections that belong to the runtime settings (pipeline/runtime/settings.py), not to billing.
 RUNTIME_SECTIONS = frozenset({"kafka", "clickhouse", "topics", "worker", "sink", "dashboard"})
 _BILLING_SECTIONS = frozenset({"policy", "rate_tables", "accounts", "gateways"})
 

@@ -52,8 +52,8 @@ from pipeline.dashboard.queries import (
     run_panel,
 )
 from pipeline.dashboard.refresh import Refresher
+from pipeline.dashboard.report import Report, as_dict
 from pipeline.dashboard.timeparse import ceil_to, now_ms, parse_duration, parse_instant
-from pipeline.report import Report, as_dict
 from pipeline.storage.errors import StorageError
 
 logger = logging.getLogger(__name__)

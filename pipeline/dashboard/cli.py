@@ -33,7 +33,7 @@ def register(sub: Any) -> None:
 
 def _target(args: argparse.Namespace) -> Any:
     from pipeline.dashboard.db import Target
-    from pipeline.settings import load_settings
+    from pipeline.runtime.settings import load_settings
 
     settings = load_settings(args.config)
     url = args.clickhouse or settings.clickhouse.url
@@ -257,8 +257,14 @@ def _report(args: argparse.Namespace) -> int:
     from pipeline.dashboard.db import open_backend
     from pipeline.dashboard.queries import MINUTE_MS, PANELS, ScopeError
     from pipeline.dashboard.refresh import refresh_aggregates
+    from pipeline.dashboard.report import (
+        Filters,
+        build_report,
+        format_csv,
+        format_json,
+        format_report,
+    )
     from pipeline.dashboard.timeparse import ceil_to, now_ms, parse_duration, parse_instant
-    from pipeline.report import Filters, build_report, format_csv, format_json, format_report
     from pipeline.storage.errors import StorageError
 
     panels = [n.strip() for item in (args.panel or []) for n in item.split(",") if n.strip()]

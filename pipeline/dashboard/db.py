@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
-from pipeline.settings import Secret
-from pipeline.sink.url import ClickHouseUrl, parse_clickhouse_url
+from pipeline.runtime.settings import Secret
 from pipeline.storage.backend import ClickHouseBackend
+from pipeline.storage.url import ClickHouseUrl, parse_clickhouse_url
 
 READER_SETTINGS = {
     "readonly": 2,

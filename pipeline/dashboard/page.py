@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 from pipeline.dashboard.charts import Bar, Series, bar_chart, time_chart
 from pipeline.dashboard.figures import Figures
 from pipeline.dashboard.queries import PanelResult, Scope
+from pipeline.dashboard.report import describe_scope, panel_table
 from pipeline.dashboard.timeparse import format_instant
-from pipeline.report import describe_scope, panel_table
 
 RANGE_PRESETS = ("1h", "6h", "24h", "7d", "30d", "90d")
 REFRESH_CHOICES = (0, 10, 30, 60, 300)

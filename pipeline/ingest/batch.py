@@ -2,7 +2,7 @@
 
 Shared by the ways in that take many events at once (``publish`` reads a file, the HTTP
 endpoint a request body), so a line is judged the same everywhere: exactly as
-``rate-file`` judges it (``pipeline.offline``), with the same reject reasons and
+``rate-file`` judges it (``pipeline.offline.rate_file``), with the same reject reasons and
 categories. A bad item never stops the batch; it is set aside with its reason, and the
 caller publishes the good ones.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.core.events import CallEvent
 from pipeline.errors import InvalidEvent
-from pipeline.offline import (
+from pipeline.offline.rate_file import (
     Item,
     Reject,
     Tick,

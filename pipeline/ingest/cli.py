@@ -77,7 +77,7 @@ def _install_signal_handlers(stop: Any) -> None:
 
 def _run_kamailio(args: argparse.Namespace) -> int:
     from pipeline.ingest.adapter import AdapterConfig, KamailioAdapter
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.settings import load_settings, replace
 
     settings = load_settings(args.config)
     kafka = replace(settings.kafka, bootstrap=args.bootstrap)

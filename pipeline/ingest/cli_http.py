@@ -79,7 +79,7 @@ def _serve_http(args: argparse.Namespace) -> int:
 
     from pipeline.ingest.http import check_ingest_token, create_app, make_state
     from pipeline.ingest.http_producer import AckingProducer
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.settings import load_settings, replace
 
     settings = load_settings(args.config)
     kafka = replace(settings.kafka, bootstrap=args.bootstrap)
@@ -105,7 +105,7 @@ def _serve_http(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     from pipeline.ingest.publish_file import PublishResult, publish_lines
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.settings import load_settings, replace
     from pipeline.switch.publisher import PublishError, SwitchPublisher
 
     settings = load_settings(args.config)

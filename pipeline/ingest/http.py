@@ -36,7 +36,7 @@ from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.ingest.batch import Batch, Tick, parse_body
 from pipeline.ingest.http_metrics import CONTENT_TYPE, HttpMetrics
 from pipeline.ingest.http_producer import AckingProducer, ProducerUnusable, QueueFull
-from pipeline.offline import Reject
+from pipeline.offline.rate_file import Reject
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.events import CallEvent
 from pipeline.errors import PipelineError
 from pipeline.switch.publisher import PRODUCER_DEFAULTS

@@ -17,7 +17,7 @@ from typing import IO
 
 from pipeline.errors import InvalidEvent
 from pipeline.ingest.batch import Tick, numbered_lines, parse_line
-from pipeline.offline import Reject
+from pipeline.offline.rate_file import Reject
 from pipeline.switch.publisher import PublishError, SwitchPublisher
 
 log = logging.getLogger(__name__)

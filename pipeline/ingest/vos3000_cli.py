@@ -162,7 +162,7 @@ def _beside(out: Path | None, suffix: str) -> Path | None:
 
 def publish(events: list[CallEvent], config: Path | None, bootstrap: str | None) -> str:
     """Publish to the settings' call-events topic; flushes and reports the counts."""
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.settings import load_settings, replace
     from pipeline.switch.publisher import SwitchPublisher
 
     kafka = replace(load_settings(config).kafka, bootstrap=bootstrap)
@@ -206,7 +206,7 @@ def rate_events(events: list[CallEvent], config: BillingConfig,
                 rejected: list[str]) -> dict[str, RatedCdr]:
     """The newest CDR of every call, rated by the offline driver (the rate-file path)."""
     from pipeline.core.summary import newest_versions
-    from pipeline.offline import Reject, rate_lines
+    from pipeline.offline.rate_file import Reject, rate_lines
 
     def on_reject(item: Reject) -> None:
         rejected.append(f"event {item.line}: {item.reason}")

@@ -176,8 +176,8 @@ def register(subparsers: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, str, Any]:
-    from pipeline.settings import load_settings
-    from pipeline.sink.url import open_backend
+    from pipeline.runtime.settings import load_settings
+    from pipeline.storage.url import open_backend
 
     settings = load_settings(args.config)
     url = args.clickhouse or settings.clickhouse.url

@@ -35,7 +35,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.cdr import RatedCdr, call_start_ms
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator

@@ -62,9 +62,9 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
 
 def _run_sink(args: argparse.Namespace) -> int:
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.settings import load_settings, replace
     from pipeline.sink.service import SinkConfig, SinkService, format_stats
-    from pipeline.sink.url import open_backend, parse_clickhouse_url
+    from pipeline.storage.url import open_backend, parse_clickhouse_url
 
     # clickhouse-driver logs every failed connect with a traceback at WARNING; during
     # an outage the sink logs each attempt itself, once, with the error.

@@ -45,7 +45,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from pipeline.codec import call_start_from, decode_cdr_record
+from pipeline.avro.codec import call_start_from, decode_cdr_record
 from pipeline.errors import InvalidEvent, PipelineError
 from pipeline.kafka.dead_letters import dead_letter_headers
 from pipeline.sink import metrics

@@ -1,8 +1,8 @@
 """SwitchPublisher: how a switch integration publishes CallEvents to Kafka.
 
 One record per event on the call-events topic, key ``call_id`` (UTF-8), value the
-Avro single-object encoding of the event (``pipeline.codec.encode_event``). Tick
-records (watermark control records, see ``pipeline.codec``) go to every partition.
+Avro single-object encoding of the event (``pipeline.avro.codec.encode_event``). Tick
+records (watermark control records, see ``pipeline.avro.codec``) go to every partition.
 
 Producer settings that matter for billing:
 - ``enable.idempotence`` and ``acks=all``: a retried send is not stored twice and
@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.events import CallEvent
 from pipeline.errors import PipelineError
 

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import TopicPartition
 from faust.types import TP
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.cdr import DECISIONS, RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
@@ -39,7 +39,7 @@ from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.admin import CALLS_TABLE
 from pipeline.kafka.dead_letters import dead_letter_headers
-from pipeline.settings import Settings
+from pipeline.runtime.settings import Settings
 from pipeline.worker import metrics
 from pipeline.worker.handoff import Handoff
 from pipeline.worker.lean import LeanMonitor, deliver_without_tasks

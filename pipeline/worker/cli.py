@@ -25,8 +25,8 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from pipeline.core.config import load_config
-    from pipeline.gctune import tune_gc
-    from pipeline.settings import load_settings, replace
+    from pipeline.runtime.gctune import tune_gc
+    from pipeline.runtime.settings import load_settings, replace
     from pipeline.worker.app import create_app
     from pipeline.worker.ticks import install_ticker
 

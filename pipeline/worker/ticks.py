@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline import codec
+from pipeline.avro import codec
 
 
 def install_ticker(app: Any, settings: Any) -> None:

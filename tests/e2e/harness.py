@@ -20,7 +20,7 @@ from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics, worker_topics
-from pipeline.offline import rate_lines
+from pipeline.offline.rate_file import rate_lines
 from pipeline.storage.cdr_store import fetch_newest
 from pipeline.storage.migrate import migrate
 from pipeline.switch.simulator import FaultMix, SimStats, generate, jsonl_line

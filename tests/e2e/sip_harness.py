@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.codec import decode_event_dict, is_tick
+from pipeline.avro.codec import decode_event_dict, is_tick
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator

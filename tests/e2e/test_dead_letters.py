@@ -7,7 +7,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.switch.publisher import SwitchPublisher
 from pipeline.switch.simulator import publish
 from tests.e2e.harness import Pipeline, offline_final, traffic

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.codec import decode_cdr_record, encode_cdr
+from pipeline.avro.codec import decode_cdr_record, encode_cdr
 from pipeline.core.cdr import RatedCdr
 from pipeline.storage import (
     CDR_FIELDS,

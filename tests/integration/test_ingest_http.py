@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.config import load_config
 from pipeline.ingest.batch import parse_lines
 from pipeline.ingest.http import create_app, make_state
 from pipeline.ingest.http_producer import AckingProducer
 from pipeline.ingest.http_server import BackgroundServer
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
-from pipeline.offline import rate_lines
+from pipeline.offline.rate_file import rate_lines
 from tests.integration.kafka_fixtures import REPO_ROOT, broker_ids, wait_until
 from tests.paths import EXAMPLE
 from tests.ports import free_port

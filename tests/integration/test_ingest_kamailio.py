@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.events import parse_event
 from pipeline.ingest.kamailio import event_id
 from pipeline.ingest.netstring import encode

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
 from tests.paths import ROOT
 from tests.unit.test_ingest_vos3000 import CSV_CDRS, CSV_HEADER, TEXT_CDRS

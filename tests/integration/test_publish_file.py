@@ -20,7 +20,7 @@ from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.ingest.cli_http import register
 from pipeline.kafka.admin import TopicSpec, delete_topics, ensure_topics
-from pipeline.offline import rate_paths
+from pipeline.offline.rate_file import rate_paths
 from tests.integration.test_ingest_http import (  # noqa: F401 - make_topics is a fixture
     EVENTS,
     as_lines,

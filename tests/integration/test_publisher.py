@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.cli import main
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.events import CallEvent, parse_event

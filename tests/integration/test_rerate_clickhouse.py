@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
-from pipeline.report import Filters, build_report
+from pipeline.dashboard.report import Filters, build_report
 from pipeline.rerate import runs
 from pipeline.rerate.connect import SharedConnector, connector_for
 from pipeline.rerate.history import call_history

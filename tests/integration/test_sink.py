@@ -33,7 +33,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
-from pipeline.codec import encode_cdr
+from pipeline.avro.codec import encode_cdr
 from pipeline.core.cdr import RatedCdr
 from pipeline.sink.service import SinkConfig, SinkError, SinkService, SinkStats
 from pipeline.storage.backend import ClickHouseBackend

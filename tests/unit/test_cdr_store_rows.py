@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import load_config
 from pipeline.core.correlator import Correlator

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import codec
+from pipeline.avro import codec
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event

@@ -1,4 +1,4 @@
-"""The schema-compiled Avro codec (pipeline.avro_compiled) against fastavro, the reference.
+"""The schema-compiled Avro codec (pipeline.avro.compiled) against fastavro, the reference.
 
 - encoding: byte-identical to fastavro.schemaless_writer for random valid CallEvent and
   RatedCdr records, through the compiled fast path alone (its fallback raises);
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import avro_compiled, codec
+from pipeline.avro import compiled as avro_compiled, codec
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.events import CallEvent
 from pipeline.errors import InvalidEvent

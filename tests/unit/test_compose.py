@@ -71,7 +71,7 @@ def test_services_reading_clickhouse_start_after_migrate(compose: dict[str, Any]
 def test_long_running_pipeline_services_have_health_checks(compose: dict[str, Any]) -> None:
     # Each probes the port the service listens on: metrics for worker and sink, /healthz
     # for the dashboard.
-    from pipeline.settings import load_settings
+    from pipeline.runtime.settings import load_settings
 
     settings = load_settings(ROOT / "deploy" / "config" / "pipeline.toml", env={})
     ports = {"worker": settings.worker.metrics_port, "sink": settings.sink.metrics_port,
@@ -84,7 +84,7 @@ def test_long_running_pipeline_services_have_health_checks(compose: dict[str, An
 
 def test_production_config_loads() -> None:
     from pipeline.core.config import load_config
-    from pipeline.settings import load_settings
+    from pipeline.runtime.settings import load_settings
 
     load_config(ROOT / "deploy" / "config" / "pipeline.toml")
     settings = load_settings(ROOT / "deploy" / "config" / "pipeline.toml", env={})

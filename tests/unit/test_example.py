@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.core.config import load_config
-from pipeline.offline import rate_file
+from pipeline.offline.rate_file import rate_file
 from tests.paths import EXAMPLE
 
 

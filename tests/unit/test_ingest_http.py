@@ -22,8 +22,8 @@ from pipeline.ingest.cli_http import register
 from pipeline.ingest.http import check_ingest_token, create_app, make_state
 from pipeline.ingest.http_producer import AckingProducer
 from pipeline.ingest.http_server import BackgroundServer
-from pipeline.offline import rate_file
-from pipeline.settings import load_settings
+from pipeline.offline.rate_file import rate_file
+from pipeline.runtime.settings import load_settings
 from tests.paths import EXAMPLE
 from tests.ports import free_port
 

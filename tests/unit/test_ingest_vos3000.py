@@ -26,7 +26,7 @@ from pipeline.ingest.vos3000 import (
     read_file,
 )
 from pipeline.ingest.vos3000_cli import compare, format_comparison, read_all
-from pipeline.offline import rate_lines
+from pipeline.offline.rate_file import rate_lines
 from tests.paths import ROOT
 
 CLI = ROOT / ".venv" / "bin" / "cdr-pipeline"

@@ -45,7 +45,7 @@ from pipeline.core.numbers import E164Patterns
 from pipeline.core.rating import hold_seconds
 from pipeline.core.summary import newest_versions
 from pipeline.errors import InvalidEvent
-from pipeline.offline import Reject, rate_lines
+from pipeline.offline.rate_file import Reject, rate_lines
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NEG_INF = -(2**63)

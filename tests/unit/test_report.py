@@ -27,7 +27,7 @@ from pipeline.dashboard.queries import (
     plan_segments,
 )
 from pipeline.dashboard.timeparse import parse_duration, parse_instant
-from pipeline.report import Report, as_dict, format_csv, format_report, panel_table
+from pipeline.dashboard.report import Report, as_dict, format_csv, format_report, panel_table
 from pipeline.storage.sql import placeholders, render_params
 
 JUNE_1 = 1717200000000  # 2024-06-01 00:00:00 UTC

@@ -17,7 +17,7 @@ import pytest
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
-from pipeline.offline import rate_lines
+from pipeline.offline.rate_file import rate_lines
 from pipeline.rerate.cli import parse_time
 from pipeline.rerate.compare import changed_fields, same_billing
 from pipeline.rerate.delta import DeltaReport, format_report

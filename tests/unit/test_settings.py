@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.settings import load_settings
+from pipeline.runtime.settings import load_settings
 
 
 def _write(tmp_path: Path, text: str) -> Path:

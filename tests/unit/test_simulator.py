@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import ILLEGAL_REASONS, SERVER_REASONS, CallEvent, parse_event
-from pipeline.offline import RateFileResult, rate_file
+from pipeline.offline.rate_file import RateFileResult, rate_file
 from pipeline.switch.simulator import (
     FaultMix,
     SimStats,

@@ -158,7 +158,7 @@ def test_invalid_limits_are_rejected(rows: int, age: float) -> None:
     ],
 )
 def test_clickhouse_urls(url: str, scheme: str, where: object, database: str) -> None:
-    from pipeline.sink.url import parse_clickhouse_url
+    from pipeline.storage.url import parse_clickhouse_url
 
     parsed = parse_clickhouse_url(url)
     assert parsed.scheme == scheme and parsed.database == database
@@ -171,7 +171,7 @@ def test_clickhouse_urls(url: str, scheme: str, where: object, database: str) ->
 )
 def test_bad_clickhouse_urls_are_config_errors(url: str) -> None:
     from pipeline.errors import ConfigError
-    from pipeline.sink.url import parse_clickhouse_url
+    from pipeline.storage.url import parse_clickhouse_url
 
     with pytest.raises(ConfigError, match="ClickHouse URL"):
         parse_clickhouse_url(url)

@@ -26,7 +26,7 @@ def test_lean_monitor_keeps_the_bookkeeping_faust_reads() -> None:
 
 def test_the_worker_app_uses_the_lean_monitor_and_the_handoff() -> None:
     from pipeline.core.config import load_config
-    from pipeline.settings import load_settings
+    from pipeline.runtime.settings import load_settings
     from pipeline.worker.app import create_app
 
     root = Path(__file__).resolve().parents[2]

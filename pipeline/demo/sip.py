@@ -36,7 +36,7 @@ from pipeline.errors import PipelineError
 from pipeline.sip.node import NodeSettings, SwitchNode, free_ports, start_node
 from pipeline.sip.traffic import CallFacts, CallSpec, RunResult, UacRun, start_calls
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SIP_CONFIG = ROOT / "deploy" / "kamailio" / "pipeline.toml"
 MAX_CALL_S = 3  # the switch cuts answered calls after this (dialog timeout)
 NO_ANSWER_S = 3  # and stops ringing after this (408)
@@ -201,7 +201,7 @@ def topic_events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every CallEvent on `topic` (read to its end offsets), as rate-file input dicts."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from pipeline import codec
+    from pipeline.avro import codec
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "sipdemo-reader",
                          "enable.auto.commit": False})
@@ -239,7 +239,7 @@ def rate_events(events: Sequence[dict[str, Any]], config: Any,
                 path: Path) -> dict[str, RatedCdr]:
     """rate-file on the events, in switch time order (written to `path` as well)."""
     from pipeline.core.summary import newest_versions
-    from pipeline.offline import rate_lines
+    from pipeline.offline.rate_file import rate_lines
 
     ordered = sorted(events, key=lambda e: int(e["ts_ms"]))  # stable: a call keeps its order
     text = "".join(json.dumps(e) + "\n" for e in ordered)
@@ -271,7 +271,7 @@ def check_alive(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 def wait_stored(backend: Any, database: str, prefix: str, want: dict[str, int],
                 procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> float:
     """Until ClickHouse holds exactly the calls of `want` at those versions."""
-    from pipeline.demo import stored_versions
+    from pipeline.demo.run import stored_versions
 
     started = time.monotonic()
     stored: dict[str, int] = {}
@@ -332,9 +332,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
-    from pipeline.demo import app_id_for, prepare_run, start_processes, stop_processes
+    from pipeline.dashboard.report import Filters, build_report, format_report
+    from pipeline.demo.run import app_id_for, prepare_run, start_processes, stop_processes
     from pipeline.kafka.admin import delete_topics, worker_topics
-    from pipeline.report import Filters, build_report, format_report
 
     check_args(args)
     if args.config == default_config:
@@ -399,7 +399,7 @@ def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
 def wait_stored_ids(backend: Any, database: str, prefix: str, call_ids: set[str],
                     procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> float:
     """Until ClickHouse holds a CDR for each of `call_ids`; returns the seconds waited."""
-    from pipeline.demo import stored_versions
+    from pipeline.demo.run import stored_versions
 
     started = time.monotonic()
     stored: set[str] = set()

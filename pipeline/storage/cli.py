@@ -9,8 +9,8 @@ from typing import Any
 
 def clickhouse_from(args: argparse.Namespace) -> tuple[Any, str]:
     """The backend and database named by --clickhouse, else the settings file / env."""
-    from pipeline.settings import load_settings
-    from pipeline.sink.url import open_backend
+    from pipeline.runtime.settings import load_settings
+    from pipeline.storage.url import open_backend
 
     settings = load_settings(getattr(args, "config", None))
     url = getattr(args, "clickhouse", None) or settings.clickhouse.url

@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
 
 
@@ -68,7 +68,7 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def _expected(items: list[Any], config: Any, workdir: Path) -> Expected:
     from pipeline.core.summary import newest_versions
-    from pipeline.offline import rate_lines
+    from pipeline.offline.rate_file import rate_lines
     from pipeline.switch.simulator import jsonl_line, write_jsonl
 
     path = workdir / "events.jsonl"
@@ -126,9 +126,9 @@ def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
     run's topics; fills in args.bootstrap from the config when not given."""
     from pipeline.core.config import load_config
     from pipeline.kafka.admin import default_topic_specs, ensure_topics
-    from pipeline.settings import load_settings
-    from pipeline.sink.url import open_backend
+    from pipeline.runtime.settings import load_settings
     from pipeline.storage.migrate import migrate
+    from pipeline.storage.url import open_backend
 
     config = load_config(args.config)
     settings = load_settings(args.config)
@@ -147,11 +147,11 @@ def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
 
 def _run(args: argparse.Namespace) -> int:
     if args.sip:  # real SIP calls through Kamailio instead of the simulator
-        from pipeline.sipdemo import run_sip_demo
+        from pipeline.demo.sip import run_sip_demo
 
         return run_sip_demo(args, DEFAULT_CONFIG)
+    from pipeline.dashboard.report import Filters, build_report, format_report
     from pipeline.kafka.admin import delete_topics, worker_topics
-    from pipeline.report import Filters, build_report, format_report
     from pipeline.switch.publisher import SwitchPublisher
     from pipeline.switch.simulator import FaultMix, SimStats, generate, publish
 
@@ -205,5 +205,5 @@ def register(sub: Any) -> None:
     p.add_argument("--sip", action="store_true",
                    help="real SIP calls (SIPp) through a Kamailio switch node and the switch "
                         "adapter instead of the simulator (default config: "
-                        "deploy/kamailio/pipeline.toml); see pipeline/sipdemo.py")
+                        "deploy/kamailio/pipeline.toml); see pipeline/demo/sip.py")
     p.set_defaults(handler=_run)

@@ -5,7 +5,7 @@ writer schema's canonical form, then the Avro body. Every schema version kept in
 `schemas/` (current ones and `schemas/history/`) can be read; records are
 resolved to the current schema. Schemas are parsed once, at import.
 
-The current schema of each kind is also compiled at import (pipeline.avro_compiled)
+The current schema of each kind is also compiled at import (pipeline.avro.compiled)
 into specialised encode/decode functions, byte- and value-identical to fastavro but
 several times faster: encoding always goes through them (they hand any datum not in the
 canonical shape to fastavro), and so does decoding a message written with the current
@@ -27,7 +27,7 @@ from typing import Any, cast
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from pipeline import avro_compiled
+from pipeline.avro import compiled as avro_compiled
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.events import FIELD_NAMES, CallEvent
 from pipeline.errors import InvalidEvent, PipelineError
@@ -38,7 +38,7 @@ _HEADER = len(MAGIC) + 8
 
 def schema_dir() -> Path:
     override = os.environ.get("CDR_SCHEMA_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "schemas"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The Avro wire format: the event and CDR codec, and its compiled encoders."""

@@ -1,0 +1,1 @@
+"""The process around the work: settings, logging and GC tuning, set up by entry points."""
