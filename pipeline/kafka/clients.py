@@ -22,3 +22,9 @@ def client_config(kafka: KafkaSettings, **extra: Any) -> dict[str, Any]:
 def faust_broker_urls(kafka: KafkaSettings) -> list[str]:
     """The broker URLs a Faust app is given for `kafka`'s cluster."""
     return [f"kafka://{host.strip()}" for host in kafka.bootstrap.split(",") if host.strip()]
+
+
+def faust_app_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection keyword arguments for `faust.App` beyond the broker URLs (e.g.
+    `broker_credentials`); none while the cluster takes plaintext connections."""
+    return {}
