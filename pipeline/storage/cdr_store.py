@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pipeline.core.cdr import CDR_FIELDS as RATED_CDR_FIELDS
 from pipeline.core.cdr import call_start_ms
 from pipeline.storage.backend import ClickHouseBackend, ServerVersion, supports
 from pipeline.storage.errors import StorageError
@@ -36,92 +37,65 @@ from pipeline.storage.sql import check_identifier
 
 logger = logging.getLogger(__name__)
 
-# The RatedCdr fields, in the contract's order (billing.md §6) plus flags.
-CDR_FIELDS: tuple[str, ...] = (
-    "call_id",
-    "version",
-    "status",
-    "record_decision",
-    "decision_reason",
-    "billing_mode",
-    "account_id",
-    "caller",
-    "callee",
-    "callee_gateway",
-    "ingress_gateway",
-    "egress_gateway",
-    "switch_id",
-    "setup_ts_ms",
-    "answer_ts_ms",
-    "end_ts_ms",
-    "pdd_ms",
-    "answered",
-    "hold_ms",
-    "hold_s",
-    "rated_s",
-    "billable_s",
-    "hangup_source",
-    "sip_code",
-    "q850_cause",
-    "server_reason",
-    "illegal_reason",
-    "rate_table",
-    "rate_prefix",
-    "rate_per_min",
-    "currency",
-    "fee",
-    "cost_rate_table",
-    "cost_prefix",
-    "cost",
-    "cost_currency",
-    "tariff_version",
-    "flags",
-)
+# The RatedCdr fields (core.cdr.CDR_FIELDS: the contract's order, billing.md section 6).
+CDR_FIELDS: tuple[str, ...] = RATED_CDR_FIELDS
 
-# The insertable columns of `cdr`, in table order, with their types on a
-# current server (on servers without LowCardinality, < 19.3, the wrapper is
-# dropped: see column_types_for). Must match schemas/clickhouse/0001_cdr.sql.
+# The storage type of each `cdr` column on a current server (on servers without
+# LowCardinality, < 19.3, the wrapper is dropped: see column_types_for). The columns
+# are the RatedCdr fields plus what storage adds: `call_start_ms` (the call-start rule,
+# after the key) and `rerate_run_id` (last). Must match schemas/clickhouse/0001_cdr.sql.
+_COLUMN_TYPES: dict[str, str] = {
+    "call_id": "String",
+    "version": "UInt64",
+    "call_start_ms": "Int64",
+    "status": "LowCardinality(String)",
+    "record_decision": "LowCardinality(String)",
+    "decision_reason": "LowCardinality(Nullable(String))",
+    "billing_mode": "LowCardinality(String)",
+    "account_id": "LowCardinality(Nullable(String))",
+    "caller": "Nullable(String)",
+    "callee": "Nullable(String)",
+    "callee_gateway": "Nullable(String)",
+    "ingress_gateway": "LowCardinality(Nullable(String))",
+    "egress_gateway": "LowCardinality(Nullable(String))",
+    "switch_id": "LowCardinality(String)",
+    "setup_ts_ms": "Nullable(Int64)",
+    "answer_ts_ms": "Nullable(Int64)",
+    "end_ts_ms": "Nullable(Int64)",
+    "pdd_ms": "Nullable(Int64)",
+    "answered": "UInt8",
+    "hold_ms": "Int64",
+    "hold_s": "Int64",
+    "rated_s": "Int64",
+    "billable_s": "Nullable(Int64)",
+    "hangup_source": "LowCardinality(String)",
+    "sip_code": "Nullable(Int32)",
+    "q850_cause": "Nullable(Int32)",
+    "server_reason": "LowCardinality(Nullable(String))",
+    "illegal_reason": "LowCardinality(Nullable(String))",
+    "rate_table": "LowCardinality(Nullable(String))",
+    "rate_prefix": "Nullable(String)",
+    "rate_per_min": "Nullable(Decimal(18, 8))",
+    "currency": "LowCardinality(Nullable(String))",
+    "fee": "Nullable(Decimal(18, 6))",
+    "cost_rate_table": "LowCardinality(Nullable(String))",
+    "cost_prefix": "Nullable(String)",
+    "cost": "Nullable(Decimal(18, 6))",
+    "cost_currency": "LowCardinality(Nullable(String))",
+    "tariff_version": "LowCardinality(String)",
+    "flags": "Array(LowCardinality(String))",
+    "rerate_run_id": "LowCardinality(String)",
+}
+_STORAGE_COLUMNS = ("call_start_ms", "rerate_run_id")
+if set(_COLUMN_TYPES) != {*CDR_FIELDS, *_STORAGE_COLUMNS}:  # a RatedCdr field without a column
+    raise ImportError("cdr_store: _COLUMN_TYPES does not cover exactly the RatedCdr fields: "
+                      f"{sorted(set(_COLUMN_TYPES) ^ {*CDR_FIELDS, *_STORAGE_COLUMNS})}")
+
+# The insertable columns of `cdr`, in table order: the key (call_id, version), the
+# call's start, the other RatedCdr fields in their order, then rerate_run_id.
 CDR_COLUMNS: list[tuple[str, str]] = [
-    ("call_id", "String"),
-    ("version", "UInt64"),
-    ("call_start_ms", "Int64"),
-    ("status", "LowCardinality(String)"),
-    ("record_decision", "LowCardinality(String)"),
-    ("decision_reason", "LowCardinality(Nullable(String))"),
-    ("billing_mode", "LowCardinality(String)"),
-    ("account_id", "LowCardinality(Nullable(String))"),
-    ("caller", "Nullable(String)"),
-    ("callee", "Nullable(String)"),
-    ("callee_gateway", "Nullable(String)"),
-    ("ingress_gateway", "LowCardinality(Nullable(String))"),
-    ("egress_gateway", "LowCardinality(Nullable(String))"),
-    ("switch_id", "LowCardinality(String)"),
-    ("setup_ts_ms", "Nullable(Int64)"),
-    ("answer_ts_ms", "Nullable(Int64)"),
-    ("end_ts_ms", "Nullable(Int64)"),
-    ("pdd_ms", "Nullable(Int64)"),
-    ("answered", "UInt8"),
-    ("hold_ms", "Int64"),
-    ("hold_s", "Int64"),
-    ("rated_s", "Int64"),
-    ("billable_s", "Nullable(Int64)"),
-    ("hangup_source", "LowCardinality(String)"),
-    ("sip_code", "Nullable(Int32)"),
-    ("q850_cause", "Nullable(Int32)"),
-    ("server_reason", "LowCardinality(Nullable(String))"),
-    ("illegal_reason", "LowCardinality(Nullable(String))"),
-    ("rate_table", "LowCardinality(Nullable(String))"),
-    ("rate_prefix", "Nullable(String)"),
-    ("rate_per_min", "Nullable(Decimal(18, 8))"),
-    ("currency", "LowCardinality(Nullable(String))"),
-    ("fee", "Nullable(Decimal(18, 6))"),
-    ("cost_rate_table", "LowCardinality(Nullable(String))"),
-    ("cost_prefix", "Nullable(String)"),
-    ("cost", "Nullable(Decimal(18, 6))"),
-    ("cost_currency", "LowCardinality(Nullable(String))"),
-    ("tariff_version", "LowCardinality(String)"),
-    ("flags", "Array(LowCardinality(String))"),
-    ("rerate_run_id", "LowCardinality(String)"),
+    (name, _COLUMN_TYPES[name])
+    for name in (*CDR_FIELDS[:2], "call_start_ms", *CDR_FIELDS[2:], "rerate_run_id")
 ]
 
 # Columns the server fills: inserted_at (DEFAULT now()) and the MATERIALIZED
