@@ -40,7 +40,6 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from pipeline.dashboard import assets, page
-from pipeline.dashboard.auth import COOKIE, TokenGate, bearer
 from pipeline.dashboard.db import BackendPool
 from pipeline.dashboard.queries import (
     MINUTE_MS,
@@ -54,6 +53,7 @@ from pipeline.dashboard.queries import (
 from pipeline.dashboard.refresh import Refresher
 from pipeline.dashboard.report import Report, as_dict
 from pipeline.dashboard.timeparse import ceil_to, now_ms, parse_duration, parse_instant
+from pipeline.runtime.http_auth import COOKIE, TokenGate, bearer
 from pipeline.storage.errors import StorageError
 
 logger = logging.getLogger(__name__)

@@ -155,9 +155,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from pipeline.dashboard.app import DashboardState, create_app
-    from pipeline.dashboard.auth import TokenGate
     from pipeline.dashboard.db import BackendPool, open_backend
     from pipeline.dashboard.refresh import Refresher
+    from pipeline.runtime.http_auth import TokenGate
 
     settings, target = _target(args)
     gate = TokenGate(settings.dashboard.token.reveal())  # refuses to start without a token

@@ -271,7 +271,7 @@ def check_alive(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 def wait_stored(backend: Any, database: str, prefix: str, want: dict[str, int],
                 procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> float:
     """Until ClickHouse holds exactly the calls of `want` at those versions."""
-    from pipeline.demo.run import stored_versions
+    from pipeline.demo.common import stored_versions
 
     started = time.monotonic()
     stored: dict[str, int] = {}
@@ -333,7 +333,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
     from pipeline.dashboard.report import Filters, build_report, format_report
-    from pipeline.demo.run import app_id_for, prepare_run, start_processes, stop_processes
+    from pipeline.demo.common import app_id_for, prepare_run, start_processes, stop_processes
     from pipeline.kafka.admin import delete_topics, worker_topics
 
     check_args(args)
@@ -399,7 +399,7 @@ def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
 def wait_stored_ids(backend: Any, database: str, prefix: str, call_ids: set[str],
                     procs: Sequence[subprocess.Popen[bytes]], timeout_s: float) -> float:
     """Until ClickHouse holds a CDR for each of `call_ids`; returns the seconds waited."""
-    from pipeline.demo.run import stored_versions
+    from pipeline.demo.common import stored_versions
 
     started = time.monotonic()
     stored: set[str] = set()

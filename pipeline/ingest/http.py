@@ -31,12 +31,12 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from pipeline.core.events import CallEvent
-from pipeline.dashboard.auth import MIN_TOKEN_LENGTH, TokenGate, bearer
 from pipeline.errors import ConfigError, InvalidEvent
 from pipeline.ingest.batch import Batch, Tick, parse_body
 from pipeline.ingest.http_metrics import CONTENT_TYPE, HttpMetrics
 from pipeline.ingest.http_producer import AckingProducer, ProducerUnusable, QueueFull
 from pipeline.offline.rate_file import Reject
+from pipeline.runtime.http_auth import MIN_TOKEN_LENGTH, TokenGate, bearer
 
 log = logging.getLogger(__name__)
 

@@ -581,7 +581,8 @@ def rerate(
 
                 # forked after the preload: the workers share its pages (copy-on-write)
                 parts = run_in_processes(
-                    request, connector, shards, run_id, run.previous, kafka, run.report, stored
+                    run_share, request, connector, shards, run_id, run.previous, kafka,
+                    run.report, stored,
                 )
             for part in parts:
                 run.result.merge(part, request.samples)

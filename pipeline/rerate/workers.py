@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# runner.run_share: (request, connector, shard, run_id, previous, kafka, report, stored)
+ShareFn = Callable[..., "RerateResult"]
+
 REPORT_EVERY_S = 0.5
 
 
@@ -35,6 +38,7 @@ class WorkerFailed(PipelineError):
 
 
 def _child(
+    share: ShareFn,
     request: RerateRequest,
     connector: Connector,
     shard: Shard,
@@ -44,8 +48,6 @@ def _child(
     out: Any,
     stored: dict[str, tuple[Any, ...]] | None,
 ) -> None:
-    from pipeline.rerate.runner import run_share
-
     last = [0.0]
 
     def report(done: int, changed: int) -> None:
@@ -55,7 +57,7 @@ def _child(
             out.put(("progress", shard.index, done, changed))
 
     try:
-        result = run_share(request, connector, shard, run_id, previous, kafka, report, stored)
+        result = share(request, connector, shard, run_id, previous, kafka, report, stored)
         out.put(("done", shard.index, result))
     except KeyboardInterrupt:
         out.put(("error", shard.index, "interrupted"))
@@ -72,6 +74,7 @@ def _check_alive(procs: Sequence[Any], results: dict[int, Any]) -> None:
 
 
 def run_in_processes(
+    share: ShareFn,
     request: RerateRequest,
     connector: Connector,
     shards: Sequence[Shard],
@@ -81,14 +84,16 @@ def run_in_processes(
     report: Callable[[int, int, int], None],
     stored: dict[str, tuple[Any, ...]] | None = None,
 ) -> list[RerateResult]:
-    """Run every share in a forked process; return their results in share order."""
+    """Run `share` (runner.run_share, passed in so that this module does not import the
+    runner that calls it) for every shard in a forked process; return their results in
+    shard order."""
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     procs = [
         context.Process(
             target=_child,
             name=f"rerate-worker-{s.index}",
-            args=(request, connector, s, run_id, previous, kafka, out, stored),
+            args=(share, request, connector, s, run_id, previous, kafka, out, stored),
             daemon=True,
         )
         for s in shards

@@ -21,7 +21,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.dashboard.app import DashboardState, create_app
-from pipeline.dashboard.auth import TokenGate
+from pipeline.runtime.http_auth import TokenGate
 from pipeline.dashboard.db import BackendPool, Target, open_backend
 from pipeline.dashboard.refresh import refresh_aggregates
 from pipeline.dashboard.synthetic import python_cdrs

@@ -1,4 +1,4 @@
-"""The dashboard's read-only token.
+"""The bearer token of the project's HTTP endpoints (the dashboard and `ingest http`).
 
 A request is let in when it presents the configured token as
 `Authorization: Bearer <token>` or `?token=<token>`, or carries the session
