@@ -42,11 +42,15 @@ def exit_on_failure(where: str, exc: BaseException) -> None:
 
 
 class BatchSender:
-    """Sends records to one topic-partition at a time as aiokafka record batches."""
+    """Sends records to one topic-partition at a time as aiokafka record batches.
 
-    def __init__(self, producer: Any,
+    `producer` returns the started AIOKafkaProducer to send with: in the worker the one
+    inside Faust's producer (faust_compat.aiokafka_producer), asked for at every send
+    because Faust starts it after the app is built."""
+
+    def __init__(self, producer: Callable[[], Any],
                  on_failure: Callable[[str, BaseException], None] = exit_on_failure) -> None:
-        self._producer = producer  # Faust's aiokafka Producer
+        self._producer = producer
         self._on_failure = on_failure
 
     async def send(self, topic: str, partition: int,
@@ -56,7 +60,7 @@ class BatchSender:
         record's), or None when there was nothing to send."""
         if not records:
             return None
-        aio = self._producer._ensure_producer()  # the AIOKafkaProducer, started by Faust
+        aio = self._producer()
         batch = aio.create_batch()
         count = 0
         for key, value, headers in records:

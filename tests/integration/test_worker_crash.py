@@ -30,12 +30,12 @@ PARTITIONS = 3
 # The worker's command line, with the event parser replaced by one that raises.
 FAULTY_WORKER = """
 import sys
-import pipeline.worker.app as app
+import pipeline.worker.record_path as record_path
 
 def parse_event(raw):
     raise RuntimeError("deliberate failure inside the correlator")
 
-app.parse_event = parse_event
+record_path.parse_event = parse_event
 from pipeline.cli import main
 sys.exit(main(sys.argv[1:]))
 """

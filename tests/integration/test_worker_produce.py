@@ -19,16 +19,6 @@ from pipeline.worker.produce import BatchSender, Record
 pytestmark = pytest.mark.integration
 
 
-class _FaustProducer:
-    """What BatchSender needs of Faust's producer: the started aiokafka producer."""
-
-    def __init__(self, producer: AIOKafkaProducer) -> None:
-        self._producer = producer
-
-    def _ensure_producer(self) -> AIOKafkaProducer:
-        return self._producer
-
-
 def _consume(bootstrap: str, topic: str, partition: int,
              count: int) -> list[tuple[int, bytes, bytes, list[tuple[str, bytes]]]]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{topic}-check",
@@ -53,7 +43,7 @@ async def _send(bootstrap: str, topic: str, partition: int, records: list[Record
                                 **producer_conf)
     await producer.start()
     try:
-        sender = BatchSender(_FaustProducer(producer), on_failure)
+        sender = BatchSender(lambda: producer, on_failure)
         sent = await sender.send(topic, partition, records)
         assert sent is not None
         future, count = sent
@@ -85,7 +75,7 @@ def test_records_arrive_in_order_in_several_batches(kafka_bootstrap: str,
 
 
 def test_nothing_to_send_sends_nothing(kafka_bootstrap: str) -> None:
-    sender = BatchSender(_FaustProducer(None), lambda *f: None)  # type: ignore[arg-type]
+    sender = BatchSender(lambda: None, lambda *f: None)
     assert asyncio.run(sender.send("any", 0, [])) is None
 
 
@@ -103,15 +93,15 @@ def test_a_refused_batch_reaches_the_failure_handler(kafka_bootstrap: str,
 
 def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique_topic: Any) -> None:
     """The worker shortens the fetch wait Faust fixes at 1500 ms, and sets the bytes a
-    fetch waits for, on the live aiokafka fetcher (set_fetch_wait); this fails if an
-    upgrade moves what it sets."""
+    fetch waits for, on the live aiokafka fetcher (faust_compat.set_fetch_wait); this
+    fails if an upgrade moves what it sets."""
     import inspect
 
     import faust
     from aiokafka import AIOKafkaConsumer
     from aiokafka.consumer.fetcher import Fetcher
 
-    from pipeline.worker.app import set_fetch_wait
+    from pipeline.worker.faust_compat import set_fetch_wait
 
     topic = unique_topic("fetch-wait", partitions=1)
 
@@ -130,3 +120,36 @@ def test_set_fetch_wait_reaches_the_running_fetcher(kafka_bootstrap: str, unique
     # ... and the fetcher builds every fetch request from those attributes.
     source = inspect.getsource(Fetcher._get_actions_per_node)
     assert "self._fetch_max_wait_ms" in source and "self._fetch_min_bytes" in source
+
+
+def test_batches_go_out_on_faust_s_producer(kafka_bootstrap: str, unique_topic: Any) -> None:
+    """The worker sends its record batches on the AIOKafkaProducer inside Faust's own
+    producer (faust_compat.aiokafka_producer), so that Faust's commit, which flushes
+    that producer, covers them; this fails if an upgrade moves it."""
+    import faust
+
+    from pipeline.worker.faust_compat import aiokafka_producer
+
+    topic = unique_topic("faust-producer", partitions=2)
+    records: list[Record] = [(f"call-{n}".encode(), f"cdr-{n}".encode(), []) for n in range(5)]
+    failures: list[Any] = []
+
+    async def run() -> int:
+        app = faust.App("unit-faust-producer", broker=f"kafka://{kafka_bootstrap}",
+                        web_enabled=False, producer_acks=-1)
+        await app.producer.start()
+        try:
+            assert isinstance(aiokafka_producer(app.producer), AIOKafkaProducer)
+            sender = BatchSender(lambda: aiokafka_producer(app.producer),
+                                 lambda *f: failures.append(f))
+            sent = await sender.send(topic, 1, records)
+            assert sent is not None
+            await app.producer.flush()  # what Faust's commit does first
+            return int(sent[0].result().offset)
+        finally:
+            await app.producer.stop()
+
+    assert asyncio.run(run()) == 0
+    assert failures == []
+    got = _consume(kafka_bootstrap, topic, 1, len(records))
+    assert [(key, value) for _, key, value, _ in got] == [(k, v) for k, v, _ in records]

@@ -1,5 +1,6 @@
 """The worker's batched table writes: once per changed call, on the partition's
-changelog, in Faust's encoding, so Faust's recovery rebuilds the same states."""
+changelog, in Faust's encoding, so Faust's recovery rebuilds the same states; and the
+Faust internals the table write and the in-order guard rely on (faust_compat)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from faust.types import TP, Message
 from pipeline.core.correlator import Correlator
 from pipeline.core.state import CallState
 from pipeline.kafka.admin import CALLS_TABLE, worker_topics
-from pipeline.worker.app import CorrelatorRuntime, by_partition, forget_read_offsets, ignore_gaps
-from pipeline.worker.table_store import TableStore, current_event
+from pipeline.worker.call_store import CallStore
+from pipeline.worker.driver import by_partition
+from pipeline.worker.faust_compat import current_event, forget_read_offsets, ignore_gaps
+from pipeline.worker.table_store import TableWriter
 from tests.unit.builders import call, make_config
 
 
@@ -65,9 +68,16 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def _flush(store: CallStore, table: Any, producer: Producer) -> int:
+    """The store's changes into the table and onto its changelog, as the driver does."""
+    partition = store.partition
+    return _run(TableWriter(table, producer).write(  # type: ignore[arg-type]
+        partition, store.drain(), _Event(partition)))
+
+
 def test_writes_are_held_until_flush_then_sent_once_per_call() -> None:
     table = _table()
-    store = TableStore(table, 2)
+    store = CallStore(2)
     producer = Producer()
     first, second = CallState("a"), CallState("b")
     store["a"] = first
@@ -76,36 +86,36 @@ def test_writes_are_held_until_flush_then_sent_once_per_call() -> None:
     store["a"] = first
     assert store.pending == 2 and producer.sent == [] and "a" not in table.data
 
-    assert _run(store.flush(producer, _Event(2))) == 2
+    assert _flush(store, table, producer) == 2
     assert store.pending == 0
     topics = {topic for topic, _, _, _ in producer.sent}
     assert topics == {"unit-worker-calls-changelog"}
     sent = [(key, partition) for _, key, _, partition in producer.sent]
     assert sent == [(b'"a"', 2), (b'"b"', 2)]
     assert table.data["a"] == {"p": 2, "s": first.to_dict()}
-    assert _run(store.flush(producer, _Event(2))) == 0 and len(producer.sent) == 2
+    assert _flush(store, table, producer) == 0 and len(producer.sent) == 2
 
 
 def test_a_deleted_call_is_a_tombstone() -> None:
     table = _table()
-    store = TableStore(table, 0)
+    store = CallStore(0)
     producer = Producer()
     store["a"] = CallState("a")
-    _run(store.flush(producer, _Event(0)))
+    _flush(store, table, producer)
     del store["a"]
     assert "a" not in store and len(store) == 0
-    _run(store.flush(producer, _Event(0)))
+    _flush(store, table, producer)
     assert producer.sent[-1][1:] == (b'"a"', None, 0)
     assert "a" not in table.data
 
 
 def test_set_and_deleted_between_flushes_is_only_a_tombstone() -> None:
     table = _table()
-    store = TableStore(table, 1)
+    store = CallStore(1)
     producer = Producer()
     store["a"] = CallState("a")
     del store["a"]
-    _run(store.flush(producer, _Event(1)))
+    _flush(store, table, producer)
     assert [value for _, _, value, _ in producer.sent] == [None]
 
 
@@ -113,21 +123,21 @@ def test_changelog_restores_the_partition_s_states(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     table = _table()
     producer = Producer()
-    stores = {p: TableStore(table, p) for p in (0, 1)}
+    stores = {p: CallStore(p) for p in (0, 1)}
     correlators = {p: Correlator(config, stores[p]) for p in (0, 1)}
     for offset, event in enumerate(call("c1") + call("c2", answer_after_ms=None)):
         correlators[0].on_event(event, offset)
     for offset, event in enumerate(call("c3")[:2]):
         correlators[1].on_event(event, offset)
-        _run(stores[1].flush(producer, _Event(1)))
-    _run(stores[0].flush(producer, _Event(0)))
+        _flush(stores[1], table, producer)
+    _flush(stores[0], table, producer)
     assert len(producer.sent) == 4  # c1 and c2 once each, c3 after each of its two events
 
     restored = _table()
     _run(_restore(restored, producer.sent))
     for partition in (0, 1):
-        again = TableStore(restored, partition)
-        again.load()
+        again = CallStore(partition)
+        again.load(restored.values())
         want = {k: s.to_dict() for k, s in stores[partition].items()}
         assert {k: s.to_dict() for k, s in again.items()} == want
     assert set(stores[0]) == {"c1", "c2"}
@@ -137,15 +147,15 @@ def test_persistent_store_learns_the_last_delivered_offset() -> None:
     table = _table()
     persisted: list[tuple[TP, int]] = []
     table.data.set_persisted_offset = lambda tp, offset: persisted.append((tp, offset))
-    store = TableStore(table, 2)
-    producer = Producer()
+    store = CallStore(2)
+    writer = TableWriter(table, Producer())  # type: ignore[arg-type]
 
     async def twice() -> None:
         store["a"] = CallState("a")
         store["b"] = CallState("b")
-        await store.flush(producer, _Event(2))
+        await writer.write(2, store.drain(), _Event(2))
         store["a"] = CallState("a")
-        await store.flush(producer, _Event(2))
+        await writer.write(2, store.drain(), _Event(2))
         await asyncio.sleep(0)  # done callbacks run on the next loop pass
 
     _run(twice())
@@ -167,10 +177,10 @@ def test_the_store_is_written_with_the_partition_s_event_current() -> None:
 
     table = _table()
     table._data = Store()
-    store = TableStore(table, 2)
+    store = CallStore(2)
     store["a"] = CallState("a")
     store["b"] = CallState("b")
-    _run(store.flush(Producer(), _Event(2)))
+    _flush(store, table, Producer())
     assert table.data.partitions == [2, 2]
     assert faust.current_event() is None
 
@@ -212,36 +222,6 @@ def test_forget_read_offsets_clears_only_the_assigned_partitions() -> None:
     assert consumer._read_offset[events2] is None
     assert consumer._read_offset[events0] == 10
     assert consumer._read_offset[other] == 7
-
-
-def _records(partition: int, *offsets: int) -> list[Any]:
-    return [SimpleNamespace(partition=partition, offset=o, acked=False) for o in offsets]
-
-
-def test_in_order_folds_contiguous_records_and_passes_over_redeliveries() -> None:
-    runtime = CorrelatorRuntime(config=None, table=None)  # type: ignore[arg-type]
-    runtime.expected[0] = 5
-    ready, seek_to = runtime.in_order(0, _records(0, 3, 4, 5, 6, 7))
-    assert [m.offset for m in ready] == [5, 6, 7]
-    assert seek_to is None
-    assert runtime.expected[0] == 8
-
-
-def test_a_gap_refuses_later_records_unacknowledged_and_seeks_back() -> None:
-    runtime = CorrelatorRuntime(config=None, table=None)  # type: ignore[arg-type]
-    runtime.expected[2] = 0
-    batch = _records(2, 2000, 2001, 2002)
-    ready, seek_to = runtime.in_order(2, batch)
-    assert ready == [] and seek_to == 0
-    # Refused records are marked so that Faust never records them as processed.
-    assert all(m.acked for m in batch)
-    # More stale records before the re-fetch arrives: refused, and sent back again.
-    ready, seek_to = runtime.in_order(2, _records(2, 2003))
-    assert ready == [] and seek_to == 0
-    # The re-fetch from 0 is folded; the records refused before come again in order.
-    ready, seek_to = runtime.in_order(2, _records(2, 0, 1, 2))
-    assert [m.offset for m in ready] == [0, 1, 2] and seek_to is None
-    assert runtime.expected[2] == 3
 
 
 def test_ignore_gaps_only_for_the_events_topic() -> None:

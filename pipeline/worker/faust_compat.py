@@ -1,0 +1,379 @@
+"""Every place the worker reaches into Faust, mode or aiokafka beyond their public API.
+
+The worker needs a few things faust-streaming has no setting for (a shorter fetch
+wait, a fetch loop without two tasks per record, batched table writes, its own
+hand-over of call-events records) and guards against two faust-streaming bugs that
+lose records after a rebalance (docs/streaming.md, "Delivery guarantees"). Each of
+those touches a private attribute or replaces a method, and an upgrade can rename
+or rework any of them. They are all here, and only here
+(tests/unit/test_faust_fence.py fails on a private attribute of a Faust object
+anywhere else in pipeline/), each with why, what it guards against and the test
+that fails if it breaks.
+
+Two checks run at import:
+- *Versions.* pyproject.toml pins faust-streaming and aiokafka to the range the test
+  suite passed on (TESTED). An environment assembled around the pin (`--no-deps`, a
+  distribution's package, a constraints file) gets a WARNING naming the installed and
+  the tested versions: a newer release is not necessarily broken, and refusing it
+  would also refuse a fix release that changes none of the internals below.
+- *Hooks.* What the patches below rely on (HOOKS: a method exists and its code still
+  uses the attributes they set or replace) is checked from the code objects. If
+  anything is missing the worker would run without its guards and could commit past
+  records it never folded, so importing this module refuses with IncompatibleFaust,
+  naming the hook and the installed versions (`cdr-pipeline worker` prints it as one
+  line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+import weakref
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import import_module, metadata
+from typing import Any
+
+from faust import streams as faust_streams
+from faust.types import TP
+from mode.services import WaitResults
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[Any], Awaitable[None]]
+
+# -- versions ----------------------------------------------------------------------------
+
+# Per package: the lowest version the test suite passed on, and the first it was not
+# run on. pyproject.toml pins all three to the same range (a unit test holds them
+# together): mode-streaming comes with faust-streaming, and Faust rides on its services.
+TESTED: dict[str, tuple[str, str]] = {
+    "faust-streaming": ("0.15.3", "0.16"),
+    "aiokafka": ("0.14.0", "0.15"),
+    "mode-streaming": ("0.7.1", "0.8"),
+}
+
+
+class IncompatibleFaust(PipelineError):
+    """The installed Faust, mode or aiokafka lacks something the worker's patches use."""
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: "0.16.0rc1" -> (0, 16, 0)."""
+    parts = []
+    for piece in version.split("."):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break
+    return tuple(parts)
+
+
+def installed_versions() -> dict[str, str | None]:
+    """The installed version of each package in TESTED (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for name in TESTED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def untested_versions(installed: Mapping[str, str | None]) -> list[str]:
+    """One line per package of TESTED installed outside its tested range."""
+    lines = []
+    for name, (low, high) in TESTED.items():
+        version = installed.get(name)
+        if version is None:
+            continue  # not installed: importing faust would have failed already
+        if not _release(low) <= _release(version) < _release(high):
+            lines.append(
+                f"{name} {version} is installed, but the worker's Faust patches "
+                f"(pipeline/worker/faust_compat.py) were tested on >={low},<{high}; run "
+                "tests/unit/test_worker_*.py and tests/integration/test_worker_*.py on it")
+    return lines
+
+
+def warn_if_untested(installed: Mapping[str, str | None] | None = None) -> list[str]:
+    """Log a WARNING per package outside its tested range; returns the lines."""
+    lines = untested_versions(installed_versions() if installed is None else installed)
+    for line in lines:
+        log.warning("%s", line)
+    return lines
+
+
+# -- hooks -------------------------------------------------------------------------------
+
+# What the patches below rely on: (module, qualified name, names its code must use).
+# A name listed is looked for in the function's code object (attribute and global
+# names, nested functions included): the attribute a patch sets is still the one the
+# library reads.
+HOOKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("faust.transport.consumer", "Consumer.__init__", ("_read_offset",)),
+    ("faust.transport.consumer", "Consumer._add_gap", ()),
+    ("faust.transport.consumer", "Consumer._drain_messages",
+     ("_read_offset", "_add_gap", "wait_first", "callback")),
+    ("faust.transport.consumer", "ThreadDelegateConsumer.__init__", ("_thread",)),
+    ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._ensure_consumer", ()),
+    ("faust.transport.drivers.aiokafka", "Producer._ensure_producer", ()),
+    ("faust.transport.conductor", "Conductor.__init__", ("on_message",)),
+    ("faust.app.base", "App._new_consumer", ("on_message",)),
+    ("faust.streams", "current_event", ("_current_event",)),
+    ("aiokafka.consumer.consumer", "AIOKafkaConsumer.start", ("_fetcher",)),
+    ("aiokafka.consumer.fetcher", "Fetcher._get_actions_per_node",
+     ("_fetch_max_wait_ms", "_fetch_min_bytes")),
+    ("mode.services", "Service.__init__", ("_stopped", "_crashed")),
+    ("mode.services", "Service.wait_first", ()),
+)
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def missing_hooks(hooks: tuple[tuple[str, str, tuple[str, ...]], ...] = HOOKS) -> list[str]:
+    """One line per hook that is gone or no longer uses a name it must."""
+    missing = []
+    for module_name, qualname, uses in hooks:
+        try:
+            target: Any = import_module(module_name)
+            for part in qualname.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError):
+            missing.append(f"{module_name}.{qualname} is gone")
+            continue
+        code = getattr(target, "__code__", None)
+        absent = [name for name in uses if code is None or name not in _code_names(code)]
+        if absent:
+            missing.append(f"{module_name}.{qualname} no longer uses {', '.join(absent)}")
+    return missing
+
+
+def require_hooks(hooks: tuple[tuple[str, str, tuple[str, ...]], ...] = HOOKS) -> None:
+    """Refuse (IncompatibleFaust) when a hook the patches use is missing."""
+    missing = missing_hooks(hooks)
+    if missing:
+        versions = ", ".join(f"{name} {version}" for name, version in installed_versions().items())
+        tested = ", ".join(f"{name} >={low},<{high}" for name, (low, high) in TESTED.items())
+        raise IncompatibleFaust(
+            f"the installed {versions} lack what the worker's Faust patches need "
+            f"({'; '.join(missing)}); install the tested versions ({tested})")
+
+
+# -- the consumer ------------------------------------------------------------------------
+
+
+def intercept_messages(app: Any, wrap: Callable[[Deliver], Deliver]) -> None:
+    """Put `wrap(deliver)` between Faust's consumer and its topic conductor.
+
+    Why: the call-events records go to the correlator's Handoff instead of through
+    Faust's stream delivery (handoff.py), which cost about half of the worker's CPU.
+    Faust has no setting for a consumer callback: the consumer takes the conductor's
+    `on_message` as its callback when it is created (`App._new_consumer`, on the first
+    use of `app.consumer`), so the conductor's attribute is replaced before that.
+    Guards against: wrapping too late, which would leave the handoff without records
+    (refused here). Test: tests/unit/test_worker_lean.py
+    (test_the_worker_app_uses_the_lean_monitor_and_the_handoff).
+    """
+    if app._consumer is not None:
+        raise RuntimeError("intercept_messages: Faust's consumer exists already and keeps "
+                           "the callback it was created with")
+    app.topics.on_message = wrap(app.topics.on_message)
+
+
+def refuse(message: Any) -> None:
+    """Mark a record so that Faust never counts it as processed.
+
+    Why: the in-order guard (record_path.py) refuses a record that arrives after
+    missing ones; no commit may pass it. Faust's `Consumer.ack` skips a message already
+    marked acked, so it never enters the acknowledged offsets, and the batch can be
+    acknowledged as a whole. Test: tests/unit/test_worker_handoff.py
+    (test_a_refused_record_holds_the_commit_back).
+    """
+    message.acked = True
+
+
+def forget_read_offsets(consumer: Any, assigned: set[TP]) -> None:
+    """Clear Faust's stale "read offset" of newly assigned partitions.
+
+    Why: Faust's fetch loop (main thread) can record the offset of a message it was
+    delivering when a rebalance suspended the flow after the consumer thread had
+    already cleared the revoked partitions' read offsets. A partition assigned again
+    then keeps that offset, and Faust silently drops every refetched record below it:
+    calls lose events, yet the offsets get committed. Faust sets the read offset again
+    when it seeks to the committed offsets; for a partition without a committed offset
+    it would not. Called from `on_partitions_assigned`, while the flow is still
+    suspended. Test: tests/unit/test_worker_batches.py
+    (test_forget_read_offsets_clears_only_the_assigned_partitions).
+    """
+    read_offsets = consumer._read_offset
+    for tp in assigned:
+        read_offsets.pop(tp, None)
+
+
+def ignore_gaps(consumer: Any, topic: str) -> None:
+    """Stop Faust from counting a jump in `topic`'s offsets as processed.
+
+    Why: Faust's fetch loop treats offsets skipped between two fetched records as done
+    (meant for compacted topics and transaction markers) and commits past them.
+    call-events has neither, so a jump there only means a stale re-fetch after a
+    rebalance; the record path refuses those records and the consumer is sent back
+    (RecordPath's in-order guard), and nothing may be committed past the gap.
+    Idempotent (called at every assignment). Test: tests/unit/test_worker_batches.py
+    (test_ignore_gaps_only_for_the_events_topic).
+    """
+    if getattr(consumer, "_cdr_gaps_ignored", None) == topic:
+        return
+    add_gap = consumer._add_gap
+
+    async def _add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
+        if tp.topic != topic:
+            await add_gap(tp, offset_from, offset_to)
+
+    consumer._add_gap = _add_gap
+    consumer._cdr_gaps_ignored = topic
+
+
+def set_fetch_wait(consumer: Any, wait_ms: int, min_bytes: int = 1) -> None:
+    """Make the consumer's fetches wait at the broker until `min_bytes` of records are
+    there, or at most `wait_ms`.
+
+    Why: faust-streaming creates its aiokafka consumer with `fetch_max_wait_ms=1500`
+    and no setting for it. At a steady few thousand records/s the worker then stalled
+    for up to 1.5 s every few seconds (a fetch for partitions whose records were still
+    buffered waited out its maximum), and each stall put that much latency on every
+    CDR behind it: HANGUP to CDR p50 1.5-2.7 s at 1,000 events/s, 0.17 s with 100 ms.
+    aiokafka's fetcher reads the value for every fetch request, so setting it on the
+    running fetcher takes effect at the next one. `min_bytes` (Faust leaves aiokafka's
+    1) keeps a worker below its peak rate from fetching a few records at a time: at
+    1,000 events/s the worker took 0.66 of a core with 1 and 0.25 with 32 KiB, for
+    about 50 ms more latency. Test: tests/integration/test_worker_produce.py
+    (test_set_fetch_wait_reaches_the_running_fetcher).
+    """
+    fetcher = consumer._thread._ensure_consumer()._fetcher
+    fetcher._fetch_max_wait_ms = wait_ms
+    fetcher._fetch_min_bytes = min_bytes
+
+
+def deliver_without_tasks(consumer: Any) -> None:
+    """Let Faust's fetch loop hand a record over without two tasks per record.
+
+    Why: for every record, Faust's fetch loop awaits `wait_first(callback(message),
+    suspend_flow.wait())` (mode's `Service.wait_first`): it wraps both in tasks and
+    waits for the first to finish, so that a delivery blocked on a full buffer gives
+    way when the flow is suspended for a rebalance. Almost every delivery finishes at
+    once, and the two tasks, the wait and the cancellation then cost more than the rest
+    of the worker's per-record work: records per CPU-second went from ~2,600 to ~4,300
+    without them.
+
+    This wraps the consumer's `wait_first`: the first awaitable is run to its first
+    suspension point right away. If it finishes there, it is the first to finish (the
+    others are never started) and its result is returned as `wait_first` would. If it
+    has to wait, the rest of it races the others through the original `wait_first`,
+    exactly as before. A stopped or crashed consumer (mode's `_stopped`, `_crashed`)
+    goes the original way too. Idempotent. Test: tests/unit/test_worker_lean.py checks
+    both paths against mode's own.
+    """
+    if getattr(consumer, "_cdr_deliver_without_tasks", False):
+        return
+    wait_first = consumer.wait_first
+
+    async def fast_wait_first(*coros: Any, timeout: Any = None) -> Any:
+        first = coros[0] if coros else None
+        if (not asyncio.iscoroutine(first) or consumer._stopped.is_set()
+                or consumer._crashed.is_set()):
+            return await wait_first(*coros, timeout=timeout)
+        try:
+            yielded = first.send(None)
+        except StopIteration as finished:
+            _close(coros[1:])
+            return WaitResults([first], [finished.value], False)
+        except BaseException:
+            _close(coros[1:])
+            raise
+        return await wait_first(_rest(first, yielded), *coros[1:], timeout=timeout)
+
+    consumer.wait_first = fast_wait_first
+    consumer._cdr_deliver_without_tasks = True
+
+
+def _close(awaitables: tuple[Any, ...]) -> None:
+    for other in awaitables:
+        if asyncio.iscoroutine(other):
+            other.close()  # never started: closing it only avoids "never awaited"
+
+
+async def _rest(coro: Any, yielded: Any) -> Any:
+    return await _resume(coro, yielded)
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """The rest of `coro`, which has already run up to yielding `yielded`."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed on to the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as finished:
+                return finished.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as finished:
+                return finished.value
+
+
+# -- the producer and the table ----------------------------------------------------------
+
+
+def aiokafka_producer(producer: Any) -> Any:
+    """The AIOKafkaProducer inside Faust's (started) producer.
+
+    Why: the worker writes CDRs and changelog records as aiokafka record batches
+    (`create_batch`/`send_batch`, produce.py) on Faust's own producer, so that Faust's
+    commit, which flushes that producer first, still covers them; Faust's producer has
+    no batch API. Raises Faust's NotReady before the producer has started. Tests:
+    tests/unit/test_worker_faust_compat.py (before the start) and
+    tests/integration/test_worker_produce.py (test_batches_go_out_on_faust_s_producer).
+    """
+    return producer._ensure_producer()
+
+
+@contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event, as Faust's stream iteration does per record.
+
+    Why: the worker writes the table after a batch, outside that iteration, and a
+    RocksDB store picks the partition's database from the current event. Faust has no
+    public setter, so this sets its context variable (and resets it on the way out,
+    also after an error). Test: tests/unit/test_worker_batches.py
+    (test_current_event_is_faust_s_only_inside and the two after it).
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+require_hooks()
+warn_if_untested()
