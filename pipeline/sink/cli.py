@@ -76,7 +76,7 @@ def _run_sink(args: argparse.Namespace) -> int:
     url = args.clickhouse or settings.clickhouse.url
     topic = args.topic or kafka.cdrs
     config = SinkConfig(
-        bootstrap=kafka.bootstrap,
+        kafka=kafka,
         topic=topic,
         group=sink.group,
         dlq_topic=args.dlq_topic or f"{topic}.dlq",

@@ -35,6 +35,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.avro.codec import encode_cdr
 from pipeline.core.cdr import RatedCdr
+from pipeline.runtime.settings import KafkaSettings
 from pipeline.sink.service import SinkConfig, SinkError, SinkService, SinkStats
 from pipeline.storage.backend import ClickHouseBackend
 from pipeline.storage.cdr_store import fetch_newest
@@ -174,7 +175,8 @@ def topics(unique_topic: Callable[..., str]) -> tuple[str, str]:
 
 def sink_config(bootstrap: str, topic: str, dlq: str, database: str, **kw: Any) -> SinkConfig:
     values: dict[str, Any] = {
-        "bootstrap": bootstrap, "topic": topic, "dlq_topic": dlq, "database": database,
+        "kafka": KafkaSettings(bootstrap=bootstrap), "topic": topic, "dlq_topic": dlq,
+        "database": database,
         "group": f"sink-{uuid.uuid4().hex[:10]}", "batch_rows": 500, "batch_seconds": 0.3,
         "backoff_initial_s": 0.1, "backoff_max_s": 0.5, "lag_interval_s": 1.0,
     }
