@@ -8,7 +8,9 @@ network jitter), 4 events an answered call (SETUP, RINGING, ANSWER, HANGUP) and 
 an unanswered one, E.164 callees that hit a 10k-prefix customer deck and a vendor
 deck (written as CSV to a temp dir and loaded through load_config).
 
-On one core, single process, best of 3 runs after a warm-up:
+The core runs compiled by mypyc when deploy/local/bootstrap.sh --dev has built it for
+the current sources (CDR_PURE_CORE=1 runs the pure-Python sources); the first line of
+output says which. On one core, single process, best of 3 runs after a warm-up:
   (a) core:     parse_event(dict) + Correlator.on_event for every event dict, then
                 finish(); every CDR version built (rating, both sides, policy)
   (b) baseline: a dict join by call_id collecting the events, emitting at HANGUP
@@ -32,6 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline import core
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.correlator import Correlator
 from pipeline.core.decks import load_deck
@@ -347,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(built in {time.perf_counter() - start:.1f} s)"
         )
 
+        print(
+            "core: "
+            + ("compiled with mypyc (deploy/local/bootstrap.sh --dev)" if core.COMPILED
+               else "pure Python (no current mypyc build, or CDR_PURE_CORE=1)")
+        )
         tune_gc()  # as the rate-file and worker entry points do (pipeline/runtime/gctune.py)
         warm = dicts[: min(len(dicts), 40_000)]
         run_core(config, warm)

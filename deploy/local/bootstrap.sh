@@ -28,3 +28,32 @@ if [[ "$HAVE" != "$HASH$EXTRAS" && "$HAVE" != "$HASH[dev]" ]]; then
         -e 'with strategy, WheelFile' >&2)
     echo "$HASH$EXTRAS" > "$STAMP"
 fi
+
+# The billing core's hot modules compiled with mypyc, which comes with mypy (--dev).
+# pipeline/core/__init__.py uses the build only while its STAMP matches the sources
+# and the interpreter; a changed source means a rebuild here (and pure Python till then).
+if [[ -x .venv/bin/mypyc ]]; then
+    CORE_INFO="$(.venv/bin/python -c 'import pipeline.core as c
+print(c.build_stamp()); print(c.BUILD_DIR)
+print(" ".join(f"pipeline/core/{m}.py" for m in c.COMPILED_MODULES))')"
+    { read -r CORE_STAMP; read -r CORE_OUT; read -r CORE_MODULES; } <<< "$CORE_INFO"
+    if [[ "$(cat "$CORE_OUT/STAMP" 2>/dev/null)" != "$CORE_STAMP" ]]; then
+        echo "bootstrap.sh: compiling the billing core with mypyc (about a minute)" >&2
+        CORE_TMP="$(mktemp -d)"
+        mkdir -p "$CORE_TMP/pipeline/core"
+        cp pipeline/__init__.py pipeline/errors.py "$CORE_TMP/pipeline/"
+        cp pipeline/core/*.py "$CORE_TMP/pipeline/core/"
+        # shellcheck disable=SC2086  # the module list is meant to split
+        if (cd "$CORE_TMP" && "$ROOT/.venv/bin/mypyc" $CORE_MODULES > build.log 2>&1); then
+            rm -rf "$CORE_OUT"
+            mkdir -p "$CORE_OUT/pipeline/core"
+            cp "$CORE_TMP"/pipeline/core/*.so "$CORE_OUT/pipeline/core/"
+            cp "$CORE_TMP"/*.so "$CORE_OUT/"
+            echo "$CORE_STAMP" > "$CORE_OUT/STAMP"
+            rm -rf "$CORE_TMP"
+        else
+            echo "bootstrap.sh: mypyc failed; the core runs as pure Python" \
+                "(log: $CORE_TMP/build.log)" >&2
+        fi
+    fi
+fi

@@ -107,7 +107,7 @@ def call_start_ms(cdr: RatedCdr | Mapping[str, Any]) -> int | None:
     correlator pins the value of a call's first CDR (CallState.call_start_ms), so that a
     later version that gains an earlier time is still filed with the first. Takes a
     RatedCdr or a mapping with its fields (a stored or decoded row)."""
-    if isinstance(cdr, Mapping):
+    if type(cdr) is not RatedCdr and isinstance(cdr, Mapping):
         values: Any = (cdr.get(name) for name in CALL_START_SOURCES)
     else:
         values = (cdr.setup_ts_ms, cdr.answer_ts_ms, cdr.end_ts_ms)

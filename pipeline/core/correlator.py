@@ -14,13 +14,15 @@ call is the same whatever the arrival order or the moment timeouts fired
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator, MutableMapping
+from typing import Any, cast
 
 from pipeline.core.cdr import VERSION_STRIDE, RatedCdr, call_start_ms
 from pipeline.core.config import BillingConfig
+from pipeline.core.deadlines import Deadlines
 from pipeline.core.events import CallEvent
-from pipeline.core.rating import CallView, rate_call
+from pipeline.core.packed import ANSWER, HANGUP, RINGING, SETUP, event_ts, fields
+from pipeline.core.rating import Rater, rate_fields
 from pipeline.core.state import CallState
 from pipeline.errors import InvalidEvent
 
@@ -44,10 +46,11 @@ class Correlator:
         self.store: MutableMapping[str, CallState] = store if store is not None else {}
         self.watermark_ms = watermark_ms
         policy = config.policy
+        self._rater = Rater(config)
         self._grace_ms = policy.reorder_grace_s * 1000
         self._stale_ms = (policy.max_call_duration_s + policy.reorder_grace_s) * 1000
         self._retention_ms = policy.closed_retention_s * 1000
-        self._deadlines: list[tuple[int, str]] = []
+        self._deadlines = Deadlines(watermark_ms)
         self._position: int | None = None
         self.rebuild_index()
 
@@ -57,23 +60,39 @@ class Correlator:
         """Event time at which something happens to this call without new events."""
         if state.closed_at_ms is not None:
             return max(state.closed_at_ms, state.last_ts_ms) + self._retention_ms
-        hangup = state.events[3]
+        hangup = state.slot(HANGUP)
         if hangup is not None:
-            return hangup.ts_ms + self._grace_ms
+            return event_ts(hangup) + self._grace_ms
         return state.last_ts_ms + self._stale_ms
 
+    def _get(self, call_id: str) -> CallState | None:
+        """store.get, without a method call when the store is a plain dict (offline)."""
+        store = self.store
+        if type(store) is dict:
+            return cast(dict[str, CallState], store).get(call_id)
+        return store.get(call_id)
+
+    def _put(self, call_id: str, state: CallState) -> None:
+        store = self.store
+        if type(store) is dict:
+            cast(dict[str, CallState], store)[call_id] = state
+        else:
+            store[call_id] = state
+
+    def _deadline_of(self, call_id: str) -> int | None:
+        state = self.store.get(call_id)
+        return None if state is None else self._due(state)
+
     def rebuild_index(self) -> None:
-        """Recompute the deadline heap from the store (after a restore or rebalance)."""
-        self._deadlines = [(self._due(s), cid) for cid, s in self.store.items()]
-        heapq.heapify(self._deadlines)
+        """Recompute the deadline index from the store (after a restore or rebalance)."""
+        self._deadlines = Deadlines(self.watermark_ms)
+        for call_id, state in self.store.items():
+            self._deadlines.push(self._due(state), call_id)
 
     # -- emission ----------------------------------------------------------------
 
     def _emit(self, state: CallState, status: str, closed_at_ms: int) -> RatedCdr:
-        state.version = len(state.seen) * VERSION_STRIDE
-        state.emitted_at = self._position
-        if state.closed_at_ms is None:
-            state.closed_at_ms = closed_at_ms
+        state.emitted(state.event_count * VERSION_STRIDE, closed_at_ms, self._position)
         cdr = self._rate(state, status)
         if state.call_start_ms is None:
             state.call_start_ms = call_start_ms(cdr)
@@ -85,9 +104,15 @@ class Correlator:
         return None if state is None else state.call_start_ms
 
     def _rate(self, state: CallState, status: str) -> RatedCdr:
-        setup, ringing, answer, hangup = state.events
-        view = CallView(state.call_id, setup, ringing, answer, hangup, state.last_ts_ms)
-        return rate_call(view, status, state.version, self.config)
+        setup, ringing, answer, hangup = (
+            state.slot(SETUP), state.slot(RINGING), state.slot(ANSWER), state.slot(HANGUP))
+        return rate_fields(
+            self._rater, state.call_id, status, state.version, state.last_ts_ms,
+            None if setup is None else fields(setup, SETUP),
+            None if ringing is None else fields(ringing, RINGING),
+            None if answer is None else fields(answer, ANSWER),
+            None if hangup is None else fields(hangup, HANGUP),
+        )
 
     def reemit_from(self, position: int) -> list[RatedCdr]:
         """The last CDR of every call whose last emission came from input at or after
@@ -111,28 +136,46 @@ class Correlator:
         """
         self._position = position
         out: list[RatedCdr] = []
-        state = self.store.get(event.call_id)
+        values: tuple[Any, ...] = event  # fields as Any: see packed.Fields
+        call_id = values[1]
+        ts_ms = values[4]
+        state = self._get(call_id)
         if state is None:
-            if event.ts_ms + self._retention_ms <= self.watermark_ms:
+            if ts_ms + self._retention_ms <= self.watermark_ms:
                 raise LateEvent(
-                    f"late event: ts_ms {event.ts_ms} is more than closed_retention_s behind "
-                    f"the watermark {self.watermark_ms} and call {event.call_id} is not open",
+                    f"late event: ts_ms {ts_ms} is more than closed_retention_s behind "
+                    f"the watermark {self.watermark_ms} and call {call_id} is not open",
                     "ts_ms",
                 )
-            state = CallState(event.call_id)
-        if state.add(event):
+            state = CallState(call_id)
+            state.add(event)  # a first event completes nothing: no SETUP and HANGUP yet
+            self._put(call_id, state)
+            self._deadlines.push(self._due(state), call_id)
+        elif state.add(event):
             if state.closed:
                 out.append(self._emit(state, state.status() or "HANGUP_MISSING", state.last_ts_ms))
-            elif state.status() == "COMPLETE":
-                out.append(self._emit(state, "COMPLETE", state.last_ts_ms))
-            self.store[event.call_id] = state
-            heapq.heappush(self._deadlines, (self._due(state), event.call_id))
+            elif state.slot(HANGUP) is not None:
+                if state.status() == "COMPLETE":
+                    out.append(self._emit(state, "COMPLETE", state.last_ts_ms))
+            else:
+                # An open call without HANGUP: its deadline (staleness) only moved later,
+                # which its pending entry finds out when it pops.
+                self._put(call_id, state)
+                return self._advance_with(ts_ms, out)
+            self._put(call_id, state)
+            # A HANGUP (grace) or a close (retention) may have moved the deadline earlier.
+            self._deadlines.push(self._due(state), call_id)
+        return self._advance_with(ts_ms, out)
+
+    def _advance_with(self, ts_ms: int, out: list[RatedCdr]) -> list[RatedCdr]:
         # Deadlines are checked when event time moves forward. A call whose deadline is
         # already behind the watermark when its event arrives (an old call, a late
         # HANGUP) is judged at the next advance, not on arrival: an event replayed
         # three hours behind the newest one is not stale merely for being replayed.
-        if event.ts_ms > self.watermark_ms:
-            out.extend(self.advance(event.ts_ms))
+        if ts_ms > self.watermark_ms:
+            self.watermark_ms = ts_ms
+            if ts_ms >= self._deadlines.horizon:
+                self._fire(out)
         return out
 
     def advance(self, watermark_ms: int, position: int | None = None) -> list[RatedCdr]:
@@ -142,16 +185,28 @@ class Correlator:
         if watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
         out: list[RatedCdr] = []
-        heap = self._deadlines
-        while heap and heap[0][0] <= self.watermark_ms:
-            at, call_id = heapq.heappop(heap)
-            state = self.store.get(call_id)
-            if state is None or self._due(state) != at:
-                continue  # superseded entry
-            cdr = self._expire(state, at)
-            if cdr is not None:
-                out.append(cdr)
+        if self.watermark_ms >= self._deadlines.horizon:
+            self._fire(out)
         return out
+
+    def _fire(self, out: list[RatedCdr]) -> None:
+        """Act on the deadlines at or before the watermark, in deadline order."""
+        watermark_ms = self.watermark_ms
+        deadlines = self._deadlines
+        deadlines.open(watermark_ms, self._deadline_of)
+        while (entry := deadlines.pop(watermark_ms)) is not None:
+            at, call_id = entry
+            state = self.store.get(call_id)
+            if state is None:
+                continue  # forgotten
+            due = self._due(state)
+            if due > at:
+                deadlines.push(due, call_id)  # the call moved on: judged at its new deadline
+            elif due == at:
+                cdr = self._expire(state, at)
+                if cdr is not None:
+                    out.append(cdr)
+            # due < at: the call's deadline moved earlier and has an entry of its own
 
     def _expire(self, state: CallState, at: int) -> RatedCdr | None:
         if state.closed:
@@ -159,7 +214,7 @@ class Correlator:
             return None
         cdr = self._emit(state, state.status() or "HANGUP_MISSING", at)
         self.store[state.call_id] = state
-        heapq.heappush(self._deadlines, (self._due(state), state.call_id))
+        self._deadlines.push(self._due(state), state.call_id)
         return cdr
 
     def finish(self) -> list[RatedCdr]:
@@ -168,8 +223,9 @@ class Correlator:
         for call_id in sorted(self.store):
             state = self.store[call_id]
             status = state.status()
-            if not state.closed and status is not None:
-                out.append(self._emit(state, status, state.events[3].ts_ms + self._grace_ms))  # type: ignore[union-attr]
+            hangup = state.slot(HANGUP)
+            if not state.closed and status is not None and hangup is not None:
+                out.append(self._emit(state, status, event_ts(hangup) + self._grace_ms))
                 self.store[call_id] = state
         return out
 

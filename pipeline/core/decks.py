@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import decimal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from pipeline.core.money import to_units
 from pipeline.core.numbers import normalize
 from pipeline.errors import ConfigError
 
@@ -38,6 +39,14 @@ class DeckRow:
     effective_from_ms: int  # inclusive; _NEG_INF when open
     effective_to_ms: int  # exclusive; _POS_INF when open
     line: int
+    # The money as integer counts of 10^-8 (money.to_units) for money.charge_units;
+    # None when a value has more places (a row built by hand), charged in Decimal then.
+    rate_units: int | None = field(init=False, repr=False, compare=False)
+    connect_units: int | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate_units", to_units(self.rate_per_min))
+        object.__setattr__(self, "connect_units", to_units(self.connect_fee))
 
     def effective_at(self, ts_ms: int) -> bool:
         return self.effective_from_ms <= ts_ms < self.effective_to_ms

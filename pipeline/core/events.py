@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, Final, NamedTuple, cast
 
 from pipeline.errors import InvalidEvent
 
@@ -64,7 +64,7 @@ _ENUMS: dict[str, frozenset[str]] = {
     "server_reason": SERVER_REASONS,
 }
 # ts_ms must be a plausible epoch-milliseconds value (1970 .. 2100).
-_MAX_TS_MS = 4_102_444_800_000
+_MAX_TS_MS: Final = 4_102_444_800_000
 
 
 class CallEvent(NamedTuple):
@@ -132,7 +132,107 @@ def parse_event(raw: Mapping[str, Any]) -> CallEvent:
 
     Raises InvalidEvent naming the offending field. Fields that belong to other
     event types are ignored, as are unknown keys (a newer switch may send more).
+
+    A dict whose fields are all valid is taken by `_parse_valid`, which checks the
+    same rules in one pass; anything else (another mapping, any invalid field) goes
+    to `_parse_checked`, the rules field by field, which names what is wrong.
     """
+    if type(raw) is dict:
+        event = _parse_valid(raw)
+        if event is not None:
+            return event
+    return _parse_checked(raw)
+
+
+def _text_ok(value: object) -> bool:
+    return type(value) is str and value != ""
+
+
+def _opt_text_ok(value: object) -> bool:
+    return value is None or (type(value) is str and value != "")
+
+
+def _parse_valid(raw: dict[str, Any]) -> CallEvent | None:
+    """The CallEvent of a dict every rule accepts, else None (see parse_event)."""
+    event_id = raw.get("event_id")
+    call_id = raw.get("call_id")
+    switch_id = raw.get("switch_id")
+    event_type = raw.get("event_type")
+    ts_ms = raw.get("ts_ms")
+    if not (
+        type(event_id) is str and event_id != ""
+        and type(call_id) is str and call_id != ""
+        and type(switch_id) is str and switch_id != ""
+        and type(ts_ms) is int and 0 <= ts_ms <= _MAX_TS_MS
+        and type(event_type) is str
+    ):
+        return None
+    if event_type == "SETUP":
+        account_id = raw.get("account_id")
+        caller = raw.get("caller")
+        callee = raw.get("callee")
+        ingress_gateway = raw.get("ingress_gateway")
+        caller_ip = raw.get("caller_ip")
+        illegal_reason = raw.get("illegal_reason")
+        if not (
+            _text_ok(account_id) and _text_ok(caller) and _text_ok(callee)
+            and _opt_text_ok(ingress_gateway) and _opt_text_ok(caller_ip)
+            and (illegal_reason is None
+                 or (type(illegal_reason) is str and illegal_reason in ILLEGAL_REASONS))
+        ):
+            return None
+        return _new_event(CallEvent, (
+            event_id, call_id, switch_id, "SETUP", ts_ms, account_id, caller, callee,
+            ingress_gateway, caller_ip, illegal_reason,
+            None, None, None, None, None, None, None))
+    if event_type == "HANGUP":
+        egress_gateway = raw.get("egress_gateway")
+        answered = raw.get("answered")
+        hangup_source = raw.get("hangup_source")
+        sip_code = raw.get("sip_code")
+        q850_cause = raw.get("q850_cause")
+        server_reason = raw.get("server_reason")
+        if not (
+            _opt_text_ok(egress_gateway)
+            and type(answered) is bool
+            and type(hangup_source) is str and hangup_source in HANGUP_SOURCES
+            and (sip_code is None or (type(sip_code) is int and 100 <= sip_code <= 699))
+            and (q850_cause is None or (type(q850_cause) is int and 0 <= q850_cause <= 127))
+            and (server_reason is None
+                 or (type(server_reason) is str and server_reason in SERVER_REASONS
+                     and hangup_source == "SERVER"))
+        ):
+            return None
+        return _new_event(CallEvent, (
+            event_id, call_id, switch_id, "HANGUP", ts_ms,
+            None, None, None, None, None, None, egress_gateway, None,
+            answered, hangup_source, sip_code, q850_cause, server_reason))
+    if event_type == "ANSWER":
+        egress_gateway = raw.get("egress_gateway")
+        callee_gateway = raw.get("callee_gateway")
+        if not (_text_ok(egress_gateway) and _opt_text_ok(callee_gateway)):
+            return None
+        return _new_event(CallEvent, (
+            event_id, call_id, switch_id, "ANSWER", ts_ms,
+            None, None, None, None, None, None, egress_gateway, callee_gateway,
+            None, None, None, None, None))
+    if event_type == "RINGING":
+        egress_gateway = raw.get("egress_gateway")
+        if not _opt_text_ok(egress_gateway):
+            return None
+        return _new_event(CallEvent, (
+            event_id, call_id, switch_id, "RINGING", ts_ms,
+            None, None, None, None, None, None, egress_gateway, None,
+            None, None, None, None, None))
+    return None
+
+
+# A CallEvent from its 18 values, without keyword handling.
+_new_event = cast(Callable[[type[CallEvent], tuple[Any, ...]], CallEvent], tuple.__new__)
+
+
+def _parse_checked(raw: Mapping[str, Any]) -> CallEvent:
+    """parse_event's rules one at a time, raising InvalidEvent at the first broken one."""
     if not isinstance(raw, Mapping):
         raise InvalidEvent(f"an event must be an object, got {type(raw).__name__}")
     event_type = raw.get("event_type")

@@ -32,23 +32,44 @@ class PolicyFacts(NamedTuple):
 
 def decide(facts: PolicyFacts, policy: Policy) -> Decision:
     """The first rule that matches decides."""
-    if policy.no_cdr_e164s.matches(facts.customer_number):
-        return Decision("SKIPPED", "NO_CDR_E164")
-    if facts.illegal:
+    return decide_values(policy, *facts)
+
+
+_SKIP_NO_CDR = Decision("SKIPPED", "NO_CDR_E164")
+_SKIP_ILLEGAL = Decision("SKIPPED", "ILLEGAL_CALL_POLICY")
+_AUDIT_INCOMPLETE = Decision("AUDIT", "INCOMPLETE")
+_SKIP_SERVER = Decision("SKIPPED", "SERVER_HANGUP_POLICY")
+_SKIP_ZERO_HOLD = Decision("SKIPPED", "ZERO_HOLD_TIME_POLICY")
+_AUDIT_NO_RATE = Decision("AUDIT", "RATE_NOT_FOUND")
+
+
+def decide_values(
+    policy: Policy,
+    customer_number: str | None,
+    illegal: bool,
+    complete: bool,
+    hangup_source: str,
+    server_reason: str | None,
+    hold_s: int,
+    answered: bool,
+    rated_s: int,
+    billing_mode: str,
+    has_customer_rate: bool,
+) -> Decision:
+    """`decide` on the PolicyFacts fields given positionally (the rater's call, which
+    skips building the record). The first rule that matches decides."""
+    if policy.no_cdr_e164s.matches(customer_number):
+        return _SKIP_NO_CDR
+    if illegal:
         if policy.record_illegal_call:
             return RECORDED
-        return Decision("SKIPPED", "ILLEGAL_CALL_POLICY")
-    if not facts.complete:
-        return Decision("AUDIT", "INCOMPLETE")
-    if facts.hangup_source == "SERVER" and not policy.records_server_hangup(facts.server_reason):
-        return Decision("SKIPPED", "SERVER_HANGUP_POLICY")
-    if facts.hold_s == 0 and not policy.record_zero_hold_time:
-        return Decision("SKIPPED", "ZERO_HOLD_TIME_POLICY")
-    if (
-        facts.answered
-        and facts.rated_s > 0
-        and facts.billing_mode == "NORMAL"
-        and not facts.has_customer_rate
-    ):
-        return Decision("AUDIT", "RATE_NOT_FOUND")
+        return _SKIP_ILLEGAL
+    if not complete:
+        return _AUDIT_INCOMPLETE
+    if hangup_source == "SERVER" and not policy.records_server_hangup(server_reason):
+        return _SKIP_SERVER
+    if hold_s == 0 and not policy.record_zero_hold_time:
+        return _SKIP_ZERO_HOLD
+    if answered and rated_s > 0 and billing_mode == "NORMAL" and not has_customer_rate:
+        return _AUDIT_NO_RATE
     return RECORDED
