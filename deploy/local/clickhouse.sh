@@ -7,6 +7,17 @@
 #   deploy/local/clickhouse.sh status    print whether it runs and answers
 #   deploy/local/clickhouse.sh reset     down, then delete data, logs and config
 #
+#   deploy/local/clickhouse.sh up|down|status|reset --cluster
+#   deploy/local/clickhouse.sh stop-node N|start-node N|kill-node N --cluster   (N = 1..4)
+#
+# --cluster: 2 shards x 2 replicas (replicated tables, ON CLUSTER DDL) coordinated by
+# ZooKeeper (deploy/local/zookeeper.sh, 127.0.0.1:12181, started and stopped with it).
+# Node N listens on native 1910N-1, HTTP 1820N-1, interserver 1930N-1 (N=1: 19100,
+# 18200, 19300); nodes 1,2 are shard 1, nodes 3,4 shard 2; cluster name `cdr_cluster`,
+# macros {shard} (1|2) and {replica} (node1..node4). State: .stack/clickhouse-cluster/nodeN/.
+# `kill-node` is SIGKILL (a crash); `stop-node` a graceful stop; `reset --cluster` also
+# deletes ZooKeeper's data (the replicated tables' metadata lives there).
+#
 # The server is the Debian package's binary (18.16 on bookworm), started
 # directly -- never through systemd or `service` -- with a project-local
 # configuration under <repo>/.stack/clickhouse/ (git-ignored). It listens on
@@ -32,6 +43,10 @@ PID_FILE="${BASE}/clickhouse-server.pid"
 STDOUT_LOG="${LOG_DIR}/stdout.log"
 SERVER_LOG="${LOG_DIR}/clickhouse-server.log"
 ERROR_LOG="${LOG_DIR}/clickhouse-server.err.log"
+LOCK_FILE="${REPO_ROOT}/.stack/clickhouse.lock"
+INTERSERVER_PORT=""
+CLUSTER_XML="    <!-- no interserver_http_port: single node, no replication -->"
+PROFILE_XML=""
 
 TCP_PORT="${CDR_CH_TCP_PORT:-19000}"
 HTTP_PORT="${CDR_CH_HTTP_PORT:-18123}"
@@ -119,7 +134,7 @@ write_config() {
     <listen_host>${HOST}</listen_host>
     <tcp_port>${TCP_PORT}</tcp_port>
     <http_port>${HTTP_PORT}</http_port>
-    <!-- no interserver_http_port: single node, no replication -->
+${CLUSTER_XML}
 
     <max_connections>256</max_connections>
     <keep_alive_timeout>3</keep_alive_timeout>
@@ -162,7 +177,7 @@ EOF
         <default>
             <max_memory_usage>${MAX_MEMORY_BYTES}</max_memory_usage>
             <use_uncompressed_cache>0</use_uncompressed_cache>
-            <load_balancing>random</load_balancing>
+            <load_balancing>random</load_balancing>${PROFILE_XML}
         </default>
     </profiles>
     <users>
@@ -234,9 +249,9 @@ adopt_orphan() {
 # stack.sh) must not both start a server or delete each other's pid file.
 take_lock() {
     mkdir -p "${REPO_ROOT}/.stack"
-    exec 9>"${REPO_ROOT}/.stack/clickhouse.lock"
+    exec 9>"${LOCK_FILE}"
     if command -v flock >/dev/null 2>&1; then
-        flock -w 300 9 || die "another clickhouse.sh holds ${REPO_ROOT}/.stack/clickhouse.lock for over 300 s"
+        flock -w 300 9 || die "another clickhouse.sh holds ${LOCK_FILE} for over 300 s"
     fi
 }
 
@@ -258,10 +273,11 @@ port_busy() {
     (exec 3<>"/dev/tcp/${HOST}/$1") 2>/dev/null
 }
 
-cmd_up() {
-    local err_offset=0 out_offset=0
-    installed || cmd_install
-    take_lock
+# Start this server (the globals name it) unless it runs; its health is awaited apart
+# (await_server), so that the cluster's four start together.
+start_server() {
+    ERR_OFFSET=0
+    OUT_OFFSET=0
     adopt_orphan
     if pid_alive; then
         if healthy; then
@@ -269,43 +285,48 @@ cmd_up() {
             return 0
         fi
         log "running (pid $(running_pid)) but not answering yet; waiting"
-    else
-        rm -f "${PID_FILE}"
-        for p in "${TCP_PORT}" "${HTTP_PORT}"; do
-            if port_busy "${p}"; then
-                die "port ${p} on ${HOST} is already in use by another process (not started by this script: no live pid in ${PID_FILE})"
-            fi
-        done
-        write_config
-        local bin
-        bin="$(server_bin)"
-        # Running as root: tested with Debian's 18.16, it neither refuses root
-        # nor checks who owns the data directory (it started both with a
-        # root-owned and a clickhouse-owned one). Newer servers refuse to
-        # start when the process user does not own the data directory. The
-        # script creates .stack/clickhouse as the invoking user, so the two
-        # match; only warn if someone changed the owner. Nothing is chowned to
-        # the package's `clickhouse` account (the unused system service's).
-        local owner
-        owner="$(stat -c %u "${DATA_DIR}" 2>/dev/null || id -u)"
-        if [[ "${owner}" != "$(id -u)" ]]; then
-            log "warning: ${DATA_DIR} is owned by uid ${owner}, not by uid $(id -u) running the server; servers newer than 18.16 refuse that (chown -R it or run as that user)"
-        fi
-        log "starting $(server_version_string) with ${CONF_DIR}/config.xml"
-        # setsid: detach from this shell's process group so Ctrl-C here or a
-        # test runner's group kill does not take the server down mid-write.
-        err_offset="$(stat -c %s "${ERROR_LOG}" 2>/dev/null || echo 0)"
-        out_offset="$(stat -c %s "${STDOUT_LOG}" 2>/dev/null || echo 0)"
-        # 9>&-: the server must not inherit (and so hold forever) the lock fd.
-        setsid "${bin}" --config-file="${CONF_DIR}/config.xml" \
-            >>"${STDOUT_LOG}" 2>&1 </dev/null 9>&- &
-        # The pid file is ours, not the server's: 18.16 writes --pid-file only
-        # when daemonized, and newer servers refuse to start when the file
-        # already names a live process. Without job control the background
-        # job is not a process-group leader, so setsid(1) execs in place and
-        # $! is the server itself.
-        echo "$!" >"${PID_FILE}"
+        return 0
     fi
+    rm -f "${PID_FILE}"
+    for p in "${TCP_PORT}" "${HTTP_PORT}" ${INTERSERVER_PORT:+"${INTERSERVER_PORT}"}; do
+        if port_busy "${p}"; then
+            die "port ${p} on ${HOST} is already in use by another process (not started by this script: no live pid in ${PID_FILE})"
+        fi
+    done
+    write_config
+    local bin
+    bin="$(server_bin)"
+    # Running as root: tested with Debian's 18.16, it neither refuses root
+    # nor checks who owns the data directory (it started both with a
+    # root-owned and a clickhouse-owned one). Newer servers refuse to
+    # start when the process user does not own the data directory. The
+    # script creates .stack/clickhouse as the invoking user, so the two
+    # match; only warn if someone changed the owner. Nothing is chowned to
+    # the package's `clickhouse` account (the unused system service's).
+    local owner
+    owner="$(stat -c %u "${DATA_DIR}" 2>/dev/null || id -u)"
+    if [[ "${owner}" != "$(id -u)" ]]; then
+        log "warning: ${DATA_DIR} is owned by uid ${owner}, not by uid $(id -u) running the server; servers newer than 18.16 refuse that (chown -R it or run as that user)"
+    fi
+    log "starting $(server_version_string) with ${CONF_DIR}/config.xml"
+    # setsid: detach from this shell's process group so Ctrl-C here or a
+    # test runner's group kill does not take the server down mid-write.
+    ERR_OFFSET="$(stat -c %s "${ERROR_LOG}" 2>/dev/null || echo 0)"
+    OUT_OFFSET="$(stat -c %s "${STDOUT_LOG}" 2>/dev/null || echo 0)"
+    # 9>&-: the server must not inherit (and so hold forever) the lock fd.
+    setsid "${bin}" --config-file="${CONF_DIR}/config.xml" \
+        >>"${STDOUT_LOG}" 2>&1 </dev/null 9>&- &
+    # The pid file is ours, not the server's: 18.16 writes --pid-file only
+    # when daemonized, and newer servers refuse to start when the file
+    # already names a live process. Without job control the background
+    # job is not a process-group leader, so setsid(1) execs in place and
+    # $! is the server itself.
+    echo "$!" >"${PID_FILE}"
+}
+
+# Wait until this server answers; ERR_OFFSET / OUT_OFFSET: where its logs stood at start.
+await_server() {
+    local err_offset="${1:-0}" out_offset="${2:-0}"
     local deadline=$((SECONDS + START_TIMEOUT_S))
     until healthy; do
         if ! pid_alive; then
@@ -322,18 +343,32 @@ cmd_up() {
     log "healthy: pid $(running_pid), native ${HOST}:${TCP_PORT}, http ${HOST}:${HTTP_PORT}, data ${DATA_DIR}"
 }
 
-cmd_down() {
+cmd_up() {
+    installed || cmd_install
     take_lock
+    start_server
+    await_server "${ERR_OFFSET}" "${OUT_OFFSET}"
+}
+
+# Stop this server: SIGTERM (or $1 = KILL: SIGKILL at once, a crash), then SIGKILL after
+# the timeout.
+stop_server() {
+    local signal="${1:-TERM}"
     adopt_orphan
     if ! pid_alive; then
         rm -f "${PID_FILE}"
-        log "not running"
+        log "not running (${HOST}:${TCP_PORT})"
         return 0
     fi
     local pid
     pid="$(running_pid)"
-    log "stopping pid ${pid} (SIGTERM, up to ${STOP_TIMEOUT_S}s)"
-    kill -TERM "${pid}" 2>/dev/null || true
+    if [[ "${signal}" == KILL ]]; then
+        log "SIGKILL pid ${pid} (${HOST}:${TCP_PORT})"
+        kill -KILL "${pid}" 2>/dev/null || true
+    else
+        log "stopping pid ${pid} (SIGTERM, up to ${STOP_TIMEOUT_S}s)"
+        kill -TERM "${pid}" 2>/dev/null || true
+    fi
     local deadline=$((SECONDS + STOP_TIMEOUT_S))
     while kill -0 "${pid}" 2>/dev/null; do
         if ((SECONDS >= deadline)); then
@@ -345,7 +380,12 @@ cmd_down() {
         sleep 0.2
     done
     rm -f "${PID_FILE}"
-    log "stopped"
+    log "stopped (${HOST}:${TCP_PORT})"
+}
+
+cmd_down() {
+    take_lock
+    stop_server TERM
 }
 
 cmd_status() {
@@ -379,15 +419,188 @@ cmd_reset() {
 }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-case "${1:-}" in
+# --- the cluster: 2 shards x 2 replicas on loopback --------------------------------
+
+CLUSTER_NAME="cdr_cluster"
+CLUSTER_BASE="${REPO_ROOT}/.stack/clickhouse-cluster"
+CLUSTER_NODES=(1 2 3 4)
+ZK_PORT="${CDR_ZK_PORT:-12181}"
+# A SIGKILLed replica's ZooKeeper session (and so its "active" mark, which quorum inserts
+# count) expires after this long: short, so a crash is seen within seconds.
+ZK_SESSION_TIMEOUT_MS="${CDR_CH_ZK_SESSION_TIMEOUT_MS:-10000}"
+
+node_tcp_port() { echo $((19100 + $1 - 1)); }
+node_http_port() { echo $((18200 + $1 - 1)); }
+node_interserver_port() { echo $((19300 + $1 - 1)); }
+node_shard() { echo $((($1 + 1) / 2)); }
+
+# The <remote_servers> entry every node carries: shard s = nodes 2s-1 and 2s. Each shard
+# writes to one replica and the replicated table copies it (internal_replication).
+remote_servers_xml() {
+    local s r
+    printf '    <remote_servers>\n        <%s>\n' "${CLUSTER_NAME}"
+    for s in 1 2; do
+        printf '            <shard>\n                <internal_replication>true</internal_replication>\n'
+        for r in $((2 * s - 1)) $((2 * s)); do
+            printf '                <replica><host>%s</host><port>%s</port></replica>\n' \
+                "${HOST}" "$(node_tcp_port "${r}")"
+        done
+        printf '            </shard>\n'
+    done
+    printf '        </%s>\n    </remote_servers>\n' "${CLUSTER_NAME}"
+}
+
+# Point the globals (paths, ports, config fragments) at cluster node $1.
+select_node() {
+    local n="$1"
+    BASE="${CLUSTER_BASE}/node${n}"
+    CONF_DIR="${BASE}/etc"
+    DATA_DIR="${BASE}/data"
+    TMP_DIR="${BASE}/tmp"
+    USER_FILES_DIR="${BASE}/user_files"
+    FORMAT_SCHEMA_DIR="${BASE}/format_schemas"
+    LOG_DIR="${BASE}/log"
+    PID_FILE="${BASE}/clickhouse-server.pid"
+    STDOUT_LOG="${LOG_DIR}/stdout.log"
+    SERVER_LOG="${LOG_DIR}/clickhouse-server.log"
+    ERROR_LOG="${LOG_DIR}/clickhouse-server.err.log"
+    TCP_PORT="$(node_tcp_port "${n}")"
+    HTTP_PORT="$(node_http_port "${n}")"
+    INTERSERVER_PORT="$(node_interserver_port "${n}")"
+    CLUSTER_XML="    <interserver_http_host>${HOST}</interserver_http_host>
+    <interserver_http_port>${INTERSERVER_PORT}</interserver_http_port>
+    <macros>
+        <cluster>${CLUSTER_NAME}</cluster>
+        <shard>$(node_shard "${n}")</shard>
+        <replica>node${n}</replica>
+    </macros>
+$(remote_servers_xml)
+    <zookeeper>
+        <node><host>${HOST}</host><port>${ZK_PORT}</port></node>
+        <session_timeout_ms>${ZK_SESSION_TIMEOUT_MS}</session_timeout_ms>
+        <operation_timeout_ms>5000</operation_timeout_ms>
+    </zookeeper>
+    <distributed_ddl>
+        <path>/clickhouse/task_queue/ddl</path>
+    </distributed_ddl>"
+    # Inserts into a Distributed table are synchronous unless a client says otherwise:
+    # the pipeline's writers pass it explicitly too (pipeline/storage/cluster.py).
+    # prefer_localhost_replica 0: 18.16 run in-process, on the node's own shard, fails
+    # `SELECT ... FROM <Distributed> FINAL ORDER BY ...` ("Cannot find column call_date in
+    # source stream"); over the network, like every other shard, it does not.
+    PROFILE_XML="
+            <insert_distributed_sync>1</insert_distributed_sync>
+            <prefer_localhost_replica>0</prefer_localhost_replica>"
+}
+
+cluster_take_lock() {
+    LOCK_FILE="${REPO_ROOT}/.stack/clickhouse-cluster.lock"
+    take_lock
+}
+
+check_node_arg() {
+    [[ "${NODE_ARG}" =~ ^[1-4]$ ]] || { log "usage: clickhouse.sh ${CMD} 1|2|3|4 --cluster"; exit 2; }
+}
+
+cluster_up() {
+    local n t0=${SECONDS}
+    local -A err_at out_at
+    installed || cmd_install
+    "${SCRIPT_DIR}/zookeeper.sh" up
+    cluster_take_lock
+    for n in "$@"; do
+        select_node "${n}"
+        start_server
+        err_at[${n}]="${ERR_OFFSET}"
+        out_at[${n}]="${OUT_OFFSET}"
+    done
+    for n in "$@"; do
+        select_node "${n}"
+        await_server "${err_at[${n}]}" "${out_at[${n}]}"
+    done
+    log "cluster ${CLUSTER_NAME} nodes $* up in $((SECONDS - t0))s (native ports $(node_tcp_port 1)-$(node_tcp_port 4))"
+}
+
+cluster_stop() {
+    local signal="$1" n
+    shift
+    cluster_take_lock
+    for n in "$@"; do
+        select_node "${n}"
+        stop_server "${signal}"
+    done
+}
+
+cluster_status() {
+    local n rc=0 state
+    for n in "${CLUSTER_NODES[@]}"; do
+        select_node "${n}"
+        if pid_alive && healthy; then
+            state="running (pid $(running_pid)), healthy"
+        elif pid_alive; then
+            state="running (pid $(running_pid)), not answering"
+            rc=1
+        else
+            state="stopped"
+            ((rc == 0)) && rc=3
+        fi
+        printf 'cluster node %s (shard %s, replica node%s): %s  native %s:%s http %s\n' \
+            "${n}" "$(node_shard "${n}")" "${n}" "${state}" "${HOST}" "${TCP_PORT}" "${HTTP_PORT}"
+    done
+    "${SCRIPT_DIR}/zookeeper.sh" status || rc=$?
+    return "${rc}"
+}
+
+cluster_reset() {
+    cluster_stop TERM "${CLUSTER_NODES[@]}"
+    "${SCRIPT_DIR}/zookeeper.sh" reset
+    if [[ -d "${CLUSTER_BASE}" ]]; then
+        log "removing ${CLUSTER_BASE}"
+        rm -rf -- "${CLUSTER_BASE}"
+    fi
+    log "cluster reset done; 'up --cluster' starts from empty servers"
+}
+
+run_cluster() {
+    case "${CMD}" in
+        up) cluster_up "${CLUSTER_NODES[@]}" ;;
+        down)
+            cluster_stop TERM "${CLUSTER_NODES[@]}"
+            "${SCRIPT_DIR}/zookeeper.sh" down ;;
+        status) cluster_status ;;
+        reset) cluster_reset ;;
+        stop-node) check_node_arg; cluster_stop TERM "${NODE_ARG}" ;;
+        kill-node) check_node_arg; cluster_stop KILL "${NODE_ARG}" ;;
+        start-node) check_node_arg; cluster_up "${NODE_ARG}" ;;
+        *) usage ;;
+    esac
+}
+
+CLUSTER=0
+CMD=""
+NODE_ARG=""
+for arg in "$@"; do
+    case "${arg}" in
+        --cluster) CLUSTER=1 ;;
+        -h|--help) usage ;;
+        *) if [[ -z "${CMD}" ]]; then CMD="${arg}"; else NODE_ARG="${arg}"; fi ;;
+    esac
+done
+
+if ((CLUSTER)); then
+    run_cluster
+    exit $?
+fi
+case "${CMD}" in
     install) cmd_install ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
     reset) cmd_reset ;;
+    stop-node|start-node|kill-node) log "${CMD} needs --cluster"; exit 2 ;;
     *) usage ;;
 esac

@@ -17,6 +17,14 @@ Run one refresher per database (the dashboard process does, or a cron job
 with `cdr-pipeline dashboard refresh`): two at once stay correct, because
 the watermark overlap makes the next run recompute what a slower one may
 have overwritten with an older snapshot, but they do the work twice.
+
+On a cluster (`cdr` a Distributed table, docs/clickhouse.md) the same refresh
+runs on each shard in turn, on one live replica of it, over the shard's own
+tables (`cdr_local` into `cdr_newest_local` and `cdr_agg_local`, bookkeeping
+in `cdr_agg_refresh_local`): a shard holds every version of its calls, so its
+day is exact, and the REPLACE PARTITION on its replicated tables reaches the
+shard's other replica through ZooKeeper. Readers sum the shards' rows through
+the Distributed tables, as they sum the rows of one server.
 """
 
 from __future__ import annotations
@@ -31,6 +39,12 @@ import uuid
 from dataclasses import dataclass, field
 
 from pipeline.storage.backend import ClickHouseBackend
+from pipeline.storage.cluster import (
+    local_name,
+    shard_backends,
+    sync_shard_replicas,
+    table_cluster,
+)
 from pipeline.storage.errors import StorageError
 from pipeline.storage.sql import check_identifier
 
@@ -136,7 +150,30 @@ _NEWEST_ROWS = (
     + ", ".join(PER_CALL_DIMENSIONS.values())
     + ", "
     + ", ".join(PER_CALL_MEASURES.values())
-    + "\nFROM {db}.cdr FINAL\nWHERE call_date = {{day:Date}}"
+    + "\nFROM {db}.{cdr} FINAL\nWHERE call_date = {{day:Date}}"
+)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables one refresh reads and writes: a server's own, or on a cluster a
+    shard's (`LOCAL`). `staged` is how a staging table is made like a target: on a
+    cluster the target is replicated, and a staging table must not join its replicas."""
+
+    cdr: str = "cdr"
+    newest: str = "cdr_newest"
+    agg: str = "cdr_agg"
+    refreshes: str = "cdr_agg_refresh"
+    replicated: bool = False
+
+
+SERVER = Tables()
+LOCAL = Tables(
+    cdr=local_name("cdr"),
+    newest=local_name("cdr_newest"),
+    agg=local_name("cdr_agg"),
+    refreshes=local_name("cdr_agg_refresh"),
+    replicated=True,
 )
 
 # Grouping sets: (name, with the account, with the gateway).
@@ -252,33 +289,71 @@ def refresh_aggregates(
     the first refresh of a database, which has no watermark yet)."""
     check_identifier(database, "database name")
     with _lock_for(backend, database):
-        return _refresh(backend, database, full, overlap_s)
+        cluster = table_cluster(backend, database, "cdr")
+        if cluster is None:
+            return _refresh(backend, database, full, overlap_s)
+        return _refresh_shards(backend, database, cluster, full, overlap_s)
+
+
+def _refresh_shards(
+    backend: ClickHouseBackend, database: str, cluster: str, full: bool, overlap_s: int
+) -> RefreshResult:
+    """The refresh of every shard of `cluster`, one after the other; what they did
+    together (days of any shard, rows of all). A shard none of whose replicas answers
+    fails the refresh (StorageUnavailable) after the shards before it are done."""
+    started = time.monotonic()
+    shards = shard_backends(backend, cluster)
+    results: list[RefreshResult] = []
+    try:
+        for shard, shard_backend in shards:
+            logger.debug("refreshing %s on shard %s (%s)", database, shard, shard_backend)
+            results.append(_refresh(shard_backend, database, full, overlap_s, LOCAL))
+            if results[-1].days:  # the shard's other live replicas fetch the new days now,
+                # so a reader the Distributed table sends to one of them sees them too
+                sync_shard_replicas(backend, cluster, shard, database, (LOCAL.newest, LOCAL.agg))
+    finally:
+        for _, shard_backend in shards:
+            shard_backend.close()
+    combined = RefreshResult(
+        refresh_id=results[0].refresh_id if results else uuid.uuid4().hex + PLAN_TAG,
+        full=any(r.full for r in results),
+        days=sorted({day for r in results for day in r.days}),
+        rows_written=sum(r.rows_written for r in results),
+        duration_s=time.monotonic() - started,
+        watermark=min((r.watermark for r in results if r.watermark), default=None),
+    )
+    return combined
 
 
 def _refresh(
-    backend: ClickHouseBackend, database: str, full: bool, overlap_s: int
+    backend: ClickHouseBackend,
+    database: str,
+    full: bool,
+    overlap_s: int,
+    tables: Tables = SERVER,
 ) -> RefreshResult:
     started = time.monotonic()
     result = RefreshResult(refresh_id=uuid.uuid4().hex + PLAN_TAG, full=full)
     (now_row,) = backend.execute("SELECT now()")
     started_at = _utc(now_row[0])
     overlap = dt.timedelta(seconds=overlap_s)
-    watermark = None if full else last_watermark(backend, database)
+    watermark = None if full else last_watermark(backend, database, tables)
     if watermark is None:
         result.full = True
-        days = _all_days(backend, database)
+        days = _all_days(backend, database, tables)
     else:
-        days = _days_inserted_since(backend, database, watermark)
+        days = _days_inserted_since(backend, database, watermark, tables)
     _drop_stale_stages(backend, database)
     for day in days:
         day_started = time.monotonic()
         (snapshot_row,) = backend.execute("SELECT now()")
         snapshot_at = _utc(snapshot_row[0])  # the day's CDRs are read after this
-        rows = rebuild_day(backend, database, day)
+        rows = rebuild_day(backend, database, day, tables)
         result.rows_written += rows
         _record(
             backend,
             database,
+            tables,
             result.refresh_id,
             result.full,
             [day],
@@ -294,6 +369,7 @@ def _refresh(
         _record(
             backend,
             database,
+            tables,
             result.refresh_id,
             result.full,
             [],
@@ -307,7 +383,9 @@ def _refresh(
     return result
 
 
-def last_watermark(backend: ClickHouseBackend, database: str) -> dt.datetime | None:
+def last_watermark(
+    backend: ClickHouseBackend, database: str, tables: Tables = SERVER
+) -> dt.datetime | None:
     """The watermark of the newest recorded refresh; None before the first.
 
     cdr_agg_refresh holds one row per refresh (`days` empty: its start less
@@ -316,7 +394,7 @@ def last_watermark(backend: ClickHouseBackend, database: str) -> dt.datetime | N
     were read, less the overlap). Only refreshes under the current PLAN
     count (their refresh_id ends with PLAN_TAG)."""
     rows = backend.execute(
-        f"SELECT count(), max(watermark) FROM {check_identifier(database)}.cdr_agg_refresh "
+        f"SELECT count(), max(watermark) FROM {check_identifier(database)}.{tables.refreshes} "
         "WHERE empty(days) AND endsWith(refresh_id, {tag:String})",
         {"tag": PLAN_TAG},
     )
@@ -324,19 +402,21 @@ def last_watermark(backend: ClickHouseBackend, database: str) -> dt.datetime | N
     return _utc(newest) if int(count) else None
 
 
-def rebuild_day(backend: ClickHouseBackend, database: str, day: dt.date) -> int:
+def rebuild_day(
+    backend: ClickHouseBackend, database: str, day: dt.date, tables: Tables = SERVER
+) -> int:
     """Recompute `cdr_newest` and `cdr_agg` for `day` and swap both in;
     return how many aggregate rows the day has now."""
     token = uuid.uuid4().hex[:16]
     newest, stage = f"{STAGE_PREFIX}n_{token}", f"{STAGE_PREFIX}a_{token}"
-    backend.execute(f"CREATE TABLE {database}.{newest} AS {database}.cdr_newest")
+    backend.execute(_create_stage(backend, database, newest, tables.newest, tables))
     try:
-        backend.execute(f"CREATE TABLE {database}.{stage} AS {database}.cdr_agg")
-        for sql, params in _day_statements(database, newest, stage, day):
+        backend.execute(_create_stage(backend, database, stage, tables.agg, tables))
+        for sql, params in _day_statements(database, newest, stage, day, tables.cdr):
             backend.execute(sql, params)
         (count_row,) = backend.execute(f"SELECT count() FROM {database}.{stage}")
         partition = f"PARTITION ID '{day:%Y%m%d}'"
-        for table, staged in (("cdr_newest", newest), ("cdr_agg", stage)):
+        for table, staged in ((tables.newest, newest), (tables.agg, stage)):
             if int(count_row[0]):
                 backend.execute(
                     f"ALTER TABLE {database}.{table} REPLACE {partition} FROM {database}.{staged}"
@@ -352,13 +432,36 @@ def rebuild_day(backend: ClickHouseBackend, database: str, day: dt.date) -> int:
     return int(count_row[0])
 
 
+def _create_stage(
+    backend: ClickHouseBackend, database: str, stage: str, target: str, tables: Tables
+) -> str:
+    """The CREATE TABLE of a staging table shaped like `target`: a copy of it on one
+    server; on a cluster a plain MergeTree with the target's partition and sorting key
+    (REPLACE PARTITION needs both equal), not one more replica of the target."""
+    if not tables.replicated:
+        return f"CREATE TABLE {database}.{stage} AS {database}.{target}"
+    rows = backend.execute(
+        "SELECT partition_key, sorting_key FROM system.tables "
+        "WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": target},
+    )
+    if not rows:
+        raise StorageError(f"{database}.{target} does not exist: apply the migrations")
+    partition_key, sorting_key = rows[0]
+    return (
+        f"CREATE TABLE {database}.{stage} AS {database}.{target} ENGINE = MergeTree "
+        f"PARTITION BY {partition_key} ORDER BY ({sorting_key}) "
+        "SETTINGS index_granularity = 1024"
+    )
+
+
 def _day_statements(
-    database: str, newest: str, stage: str, day: dt.date
+    database: str, newest: str, stage: str, day: dt.date, cdr: str = "cdr"
 ) -> list[tuple[str, dict[str, object] | None]]:
     columns = ", ".join(AGG_COLUMNS)
     sums = ", ".join(f"sum({m})" for m in MEASURES)
     statements: list[tuple[str, dict[str, object] | None]] = [
-        (_NEWEST_ROWS.format(db=database, stage=newest), {"day": day})
+        (_NEWEST_ROWS.format(db=database, stage=newest, cdr=cdr), {"day": day})
     ]
     for breakdown, sets in PLAN.items():
         keys = BREAKDOWN_KEYS[breakdown]
@@ -396,17 +499,19 @@ def _day_statements(
     return statements
 
 
-def _all_days(backend: ClickHouseBackend, database: str) -> list[dt.date]:
+def _all_days(
+    backend: ClickHouseBackend, database: str, tables: Tables = SERVER
+) -> list[dt.date]:
     rows = backend.execute(
-        f"SELECT DISTINCT call_date FROM {database}.cdr "
-        f"UNION ALL SELECT DISTINCT toDate(bucket) FROM {database}.cdr_agg "
+        f"SELECT DISTINCT call_date FROM {database}.{tables.cdr} "
+        f"UNION ALL SELECT DISTINCT toDate(bucket) FROM {database}.{tables.agg} "
         "WHERE breakdown = 'traffic' AND grain = 'day'"
     )
     return sorted({_date(r[0]) for r in rows})
 
 
 def _days_inserted_since(
-    backend: ClickHouseBackend, database: str, watermark: dt.datetime
+    backend: ClickHouseBackend, database: str, watermark: dt.datetime, tables: Tables = SERVER
 ) -> list[dt.date]:
     """Days with CDR versions inserted after the refresh watermark and after
     the day's own watermark (when it was last read, less the overlap): a
@@ -415,7 +520,7 @@ def _days_inserted_since(
     newest_insert = {
         _date(d): _utc(t)
         for d, t in backend.execute(
-            f"SELECT call_date, max(inserted_at) FROM {database}.cdr "
+            f"SELECT call_date, max(inserted_at) FROM {database}.{tables.cdr} "
             "WHERE inserted_at >= toDateTime({since:Int64}, 'UTC') GROUP BY call_date",
             {"since": int(watermark.timestamp())},
         )
@@ -425,7 +530,7 @@ def _days_inserted_since(
     day_marks = {
         _date(d): _utc(w)
         for d, w in backend.execute(
-            f"SELECT days[1], max(watermark) FROM {database}.cdr_agg_refresh "
+            f"SELECT days[1], max(watermark) FROM {database}.{tables.refreshes} "
             "WHERE length(days) = 1 AND has({candidates:Array(Date)}, days[1]) GROUP BY days[1]",
             {"candidates": sorted(newest_insert)},
         )
@@ -453,6 +558,7 @@ def _drop_stale_stages(backend: ClickHouseBackend, database: str) -> None:
 def _record(
     backend: ClickHouseBackend,
     database: str,
+    tables: Tables,
     refresh_id: str,
     full: bool,
     days: list[dt.date],
@@ -463,7 +569,7 @@ def _record(
 ) -> None:
     finished = _utc(backend.execute("SELECT now()")[0][0])
     backend.insert_columns(
-        f"{database}.cdr_agg_refresh",
+        f"{database}.{tables.refreshes}",
         [
             "refresh_id",
             "started_at",

@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.storage.backend import ClickHouseBackend
+from pipeline.storage.cluster import insert_rows
 from pipeline.storage.sql import check_identifier
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ def write(backend: ClickHouseBackend, db: str, record: RunRecord) -> None:
     """Insert the next revision of the run."""
     record.revision += 1
     values = record.values()
-    backend.insert_columns(
-        f"{check_identifier(db)}.rerate_runs",
+    insert_rows(  # on a cluster: synchronous, at the quorum (pipeline.storage.cluster)
+        backend,
+        check_identifier(db),
+        "rerate_runs",
         COLUMNS,
         [[v] for v in values],
-        dedup_token=f"rerate-run-{record.run_id}-{record.revision}",
+        f"rerate-run-{record.run_id}-{record.revision}",
     )
 
 

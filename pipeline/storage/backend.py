@@ -88,12 +88,16 @@ class ClickHouseBackend(Protocol):
         columns: Sequence[str],
         data: Sequence[Sequence[Any]],
         dedup_token: str | None,
+        *,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         """Columnar insert: `data[i]` holds the values of `columns[i]`.
 
         `table` is `name` or `database.name`. With a `dedup_token`, a retry of
         the same batch is dropped by the server where it supports that
-        (see `insert_dedup_supported`)."""
+        (see `insert_dedup_supported`). `settings` are ClickHouse settings for
+        this insert only (the cluster's `insert_distributed_sync`, `insert_quorum`:
+        pipeline.storage.cluster)."""
         ...
 
     def server_version(self) -> ServerVersion:

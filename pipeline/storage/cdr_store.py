@@ -32,6 +32,7 @@ from typing import Any
 from pipeline.core.cdr import CDR_FIELDS as RATED_CDR_FIELDS
 from pipeline.core.cdr import call_start_ms
 from pipeline.storage.backend import ClickHouseBackend, ServerVersion, supports
+from pipeline.storage.cluster import insert_rows
 from pipeline.storage.errors import StorageError
 from pipeline.storage.sql import check_identifier
 
@@ -347,12 +348,14 @@ def insert_cdrs(
     takes the `insert_cdr_rows` path, derives its token from `row_digest`). Without
     a token a retry is stored again (inserted_at differs, so even the
     data-hash deduplication of current servers does not catch it); reads
-    with FINAL / argMax are still exact."""
+    with FINAL / argMax are still exact. On a cluster (`cdr` a Distributed table) the
+    insert is synchronous at the cluster's quorum and a retry of the same token within
+    seconds is dropped by the replicas (pipeline.storage.cluster)."""
     check_identifier(database, "database name")
     if not rows:
         return
     data = _columns_for(rows)
-    backend.insert_columns(f"{database}.cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
+    insert_rows(backend, database, "cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
     logger.debug("inserted %s CDR versions into %s.cdr", len(rows), database)
 
 
@@ -418,7 +421,7 @@ def insert_cdr_rows(
     if len(data) != len(CDR_COLUMNS):
         raise StorageError(f"a CDR row has {len(data)} values, not {len(CDR_COLUMNS)}")
     _check_row_columns(data)
-    backend.insert_columns(f"{database}.cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
+    insert_rows(backend, database, "cdr", [name for name, _ in CDR_COLUMNS], data, dedup_token)
     logger.debug("inserted %s CDR versions into %s.cdr", len(rows), database)
 
 

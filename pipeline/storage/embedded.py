@@ -126,6 +126,8 @@ class EmbeddedBackend:
         columns: Sequence[str],
         data: Sequence[Sequence[Any]],
         dedup_token: str | None,
+        *,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         check_table(table)
         for column in columns:
@@ -151,11 +153,14 @@ class EmbeddedBackend:
             ]
         except (TypeError, ValueError) as exc:
             raise StorageError(f"insert into {table}: {exc}") from exc
-        settings = ["async_insert = 0", "insert_deduplicate = 1"]
+        clauses = ["async_insert = 0", "insert_deduplicate = 1"]
         if dedup_token is not None:
-            settings.append(f"insert_deduplication_token = {quote_literal(dedup_token)}")
+            clauses.append(f"insert_deduplication_token = {quote_literal(dedup_token)}")
+        for name, value in (settings or {}).items():
+            literal = quote_literal(value) if isinstance(value, str) else str(int(value))
+            clauses.append(f"{check_identifier(name, 'setting name')} = {literal}")
         sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) SETTINGS {', '.join(settings)} "
+            f"INSERT INTO {table} ({', '.join(columns)}) SETTINGS {', '.join(clauses)} "
             "FORMAT JSONEachRow\n" + "\n".join(lines) + "\n"
         )
         self._query(sql, None)

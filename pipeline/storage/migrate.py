@@ -11,6 +11,12 @@ must therefore be idempotent (`CREATE ... IF NOT EXISTS`, and on servers that
 have it `ADD COLUMN IF NOT EXISTS`). Two migrators racing on one database are
 harmless for the same reason (each may record the version; the table keeps
 one row per version).
+
+On a cluster (`migrate(..., cluster=NAME)`, `cdr-pipeline db migrate --cluster NAME`) each
+table is created ON CLUSTER as a replicated `<table>_local` per shard with a Distributed
+`<table>` in front (`ddl.cluster_statements`, docs/clickhouse.md); `schema_migrations` is
+one replicated table on every server, so a migration is recorded once per cluster. A
+database already on a cluster is migrated as one without being told.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.storage.backend import ClickHouseBackend
-from pipeline.storage.ddl import render_ddl
+from pipeline.storage.cluster import table_cluster
+from pipeline.storage.ddl import cluster_statements, render_ddl
 from pipeline.storage.errors import MigrationError, StorageError
 from pipeline.storage.sql import check_identifier, split_statements
 
@@ -82,11 +89,22 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return [migrations[v] for v in sorted(migrations)]
 
 
-def _run_script(backend: ClickHouseBackend, text: str, source: str) -> int:
+def _run_script(
+    backend: ClickHouseBackend,
+    text: str,
+    source: str,
+    cluster: str | None = None,
+    database: str = "",
+) -> int:
     try:
         statements = split_statements(text)
     except ValueError as exc:
         raise MigrationError(f"{source}: {exc}") from exc
+    if cluster:
+        statements = [
+            out for statement in statements
+            for out in cluster_statements(statement, cluster, database, source)
+        ]
     for index, statement in enumerate(statements, 1):
         logger.debug("%s: statement %s/%s", source, index, len(statements))
         try:
@@ -96,18 +114,48 @@ def _run_script(backend: ClickHouseBackend, text: str, source: str) -> int:
     return len(statements)
 
 
+def schema_cluster(
+    backend: ClickHouseBackend, database: str, cluster: str | None
+) -> str | None:
+    """The cluster to migrate `database` on: `cluster`, or the one its `cdr` table is
+    already spread over. MigrationError when asked for a cluster on a database that
+    holds the single-server schema (or the other way round)."""
+    present = backend.execute(
+        "SELECT count() FROM system.tables WHERE database = {db:String} AND name = 'cdr'",
+        {"db": database},
+    )[0][0]
+    if not int(present):
+        return cluster
+    found = table_cluster(backend, database, "cdr")
+    if cluster and found != cluster:
+        where = f"is on cluster {found}" if found else "holds the single-server schema"
+        raise MigrationError(f"database {database} {where}: cannot migrate it on cluster {cluster}")
+    if found and not cluster:
+        logger.info("database %s is on cluster %s: migrating it there", database, found)
+    return found
+
+
 def migrate(
-    backend: ClickHouseBackend, database: str = "cdr", directory: Path | None = None
+    backend: ClickHouseBackend,
+    database: str = "cdr",
+    directory: Path | None = None,
+    cluster: str | None = None,
 ) -> list[str]:
     """Bring `database` up to date; return the file names applied this time
-    (empty when already current). Safe to run repeatedly."""
+    (empty when already current). Safe to run repeatedly. With `cluster` (or on a
+    database already on one) every table is created ON CLUSTER as replicated shards
+    behind a Distributed table (see the module docstring)."""
     check_identifier(database, "database name")
+    if cluster is not None:
+        check_identifier(cluster, "cluster name")
     directory = directory if directory is not None else schema_dir()
     migrations = load_migrations(directory)
     version = backend.server_version()
     version_text = f"{version[0]}.{version[1]}"
 
-    backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
+    cluster = schema_cluster(backend, database, cluster or None)
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    backend.execute(f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}")
     bootstrap = directory / BOOTSTRAP_FILE
     if not bootstrap.is_file():
         raise MigrationError(f"{bootstrap} is missing")
@@ -115,6 +163,8 @@ def migrate(
         backend,
         render_ddl(bootstrap.read_text(encoding="utf-8"), version, database, BOOTSTRAP_FILE),
         BOOTSTRAP_FILE,
+        cluster,
+        database,
     )
 
     recorded: dict[int, tuple[str, str]] = {
@@ -147,7 +197,7 @@ def migrate(
             continue
         rendered = render_ddl(migration.text, version, database, migration.name)
         logger.info("applying %s to %s (server %s)", migration.name, database, version_text)
-        count = _run_script(backend, rendered, migration.name)
+        count = _run_script(backend, rendered, migration.name, cluster, database)
         backend.insert_columns(
             f"{database}.schema_migrations",
             ["version", "name", "checksum", "server_version", "statements"],
