@@ -3,6 +3,8 @@
 #   deploy/local/demo.sh [demo args, e.g. --calls 20000]
 #   deploy/local/demo.sh --sip    real SIP calls (SIPp) through a Kamailio switch node;
 #                                 installs Kamailio and SIPp from Debian when missing (root)
+#   deploy/local/demo.sh --secure on the secured stack (deploy/local/secure.sh, started if
+#                                 needed), each part under its own identity (docs/security.md)
 # Leaves the stack running; stop it with deploy/local/stack.sh down.
 set -euo pipefail
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -13,6 +15,16 @@ for arg in "$@"; do
         break
     fi
 done
+secure=0
+args=()
+for arg in "$@"; do
+    if [[ "$arg" == "--secure" ]]; then secure=1; else args+=("$arg"); fi
+done
+if [[ "$secure" == 1 ]]; then
+    "$HERE/secure.sh" up
+    cd "$ROOT"
+    exec .venv/bin/cdr-pipeline demo --identities .stack/secure/identities ${args[@]+"${args[@]}"}
+fi
 "$HERE/stack.sh" up
 cd "$ROOT"
 exec .venv/bin/cdr-pipeline demo "$@"

@@ -3,9 +3,43 @@
 #   deploy/local/stack.sh up|down|status|reset|clean
 # Ports: Kafka 127.0.0.1:19092 (controller 19093); ClickHouse native 19000, HTTP 18123.
 # State and logs: .stack/kafka/, .stack/clickhouse/ (ignored by git).
+#   deploy/local/stack.sh up|down|status|reset --secure
+# The secured stack instead (deploy/local/secure.sh, docs/security.md): Kafka SASL_SSL
+# 39092 / mTLS 39094 with ACLs, ClickHouse TLS 39440 with a user per component.
+#   deploy/local/stack.sh up|down|status|reset --cluster
+# The clusters instead: Kafka 3 brokers (127.0.0.1:29092,29192,29292) and ClickHouse 2
+# shards x 2 replicas (native 19100-19103, cluster cdr_cluster) with ZooKeeper (12181);
+# state in .stack/kafka/cluster/, .stack/clickhouse-cluster/, .stack/zookeeper/.
 set -euo pipefail
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 cmd="${1:-status}"
+for arg in "$@"; do
+    if [[ "$arg" == "--secure" ]]; then
+        case "$cmd" in
+            up|down|status|reset) exec "$HERE/secure.sh" "$cmd" ;;
+            *) echo "stack.sh: --secure goes with up, down, status or reset" >&2; exit 2 ;;
+        esac
+    fi
+done
+for arg in "$@"; do
+    if [[ "$arg" == "--cluster" ]]; then
+        rc=0
+        case "$cmd" in
+            up)
+                "$HERE/bootstrap.sh"
+                "$HERE/clickhouse.sh" up --cluster
+                "$HERE/kafka.sh" up --cluster ;;
+            down|status)
+                "$HERE/kafka.sh" "$cmd" --cluster || rc=$?
+                "$HERE/clickhouse.sh" "$cmd" --cluster || rc=$? ;;
+            reset)
+                "$HERE/kafka.sh" reset --cluster
+                "$HERE/clickhouse.sh" reset --cluster ;;
+            *) echo "stack.sh: --cluster goes with up, down, status or reset" >&2; exit 2 ;;
+        esac
+        exit $rc
+    fi
+done
 case "$cmd" in
     up)
         "$HERE/bootstrap.sh"

@@ -34,10 +34,12 @@ def register(sub: Any) -> None:
 def _target(args: argparse.Namespace) -> Any:
     from pipeline.dashboard.db import Target
     from pipeline.runtime.settings import load_settings
+    from pipeline.storage.url import settings_tls
 
     settings = load_settings(args.config)
     url = args.clickhouse or settings.clickhouse.url
-    return settings, Target(url, settings.clickhouse.user, settings.clickhouse.password)
+    return settings, Target(url, settings.clickhouse.user, settings.clickhouse.password,
+                            settings_tls(settings.clickhouse))
 
 
 def _check_schema(backend: Any, database: str, migrate_first: bool) -> None:

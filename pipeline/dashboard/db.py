@@ -5,6 +5,10 @@ Readers on a server run with `readonly = 2` (no writes, no DDL, whatever
 the SQL says), a time limit, and the uncompressed block cache, which makes
 the repeated small reads of a dashboard several times faster. chDB is one
 engine per process: readers and the refresher share one backend there.
+
+On the secured stack the dashboard's own ClickHouse user has `readonly = 2`
+in its profile, which no client setting lowers (docs/security.md), and the
+connection is TLS (`[clickhouse] secure`, or `?secure=1` in the URL).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import queue
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError
 from pipeline.runtime.settings import Secret
 from pipeline.storage.backend import ClickHouseBackend
-from pipeline.storage.url import ClickHouseUrl, parse_clickhouse_url
+from pipeline.storage.url import ClickHouseUrl, parse_clickhouse_url, tls_of
+
+if TYPE_CHECKING:
+    from pipeline.storage.native import ClickHouseTls
 
 READER_SETTINGS = {
     "readonly": 2,
@@ -33,6 +41,7 @@ class Target:
     url: str
     user: str = "default"
     password: Secret = Secret("")
+    tls: ClickHouseTls | None = None  # the settings' TLS; the URL's own options win
 
     @property
     def parsed(self) -> ClickHouseUrl:
@@ -58,6 +67,7 @@ def open_backend(target: Target, *, reader: bool) -> ClickHouseBackend:
             user=target.user,
             password=target.password.reveal(),
             settings=READER_SETTINGS if reader else None,
+            tls=tls_of(parsed, target.tls),
         )
     if parsed.scheme == "chdb":
         from pipeline.storage.embedded import EmbeddedBackend

@@ -5,7 +5,8 @@ cluster's call events to Kafka, a correlator worker and a sink run as
 subprocesses, and the demo waits until every call's newest CDR is in ClickHouse
 and equals what `rate-file` computes from the same events. Each run uses its
 own topics (prefix demo-<run>-) and call ids, and deletes its topics at the end;
-the CDRs stay in ClickHouse.
+the CDRs stay in ClickHouse. With `--identities` it runs on the secured stack
+(deploy/local/demo.sh --secure; pipeline/demo/common.py, docs/security.md).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 from pipeline.demo.common import (
     ROOT,
-    app_id_for,
     prepare_run,
+    remove_topics,
     start_processes,
     stop_processes,
     stored_versions,
@@ -78,13 +79,12 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_sip_demo(args, DEFAULT_CONFIG)
     from pipeline.dashboard.report import Filters, build_report, format_report
-    from pipeline.kafka.admin import delete_topics, worker_topics
     from pipeline.switch.publisher import SwitchPublisher
     from pipeline.switch.simulator import FaultMix, SimStats, generate, publish
 
     demo = prepare_run(args, "demo")
     config, url, run, prefix, workdir = demo.config, demo.url, demo.run, demo.prefix, demo.workdir
-    backend, database, specs = demo.backend, demo.database, demo.specs
+    backend, database = demo.backend, demo.database
 
     stats = SimStats()
     seed = int(run)
@@ -95,16 +95,17 @@ def _run(args: argparse.Namespace) -> int:
     expected = _expected(items, config, workdir)
     print(f"demo {run}: {args.calls} calls, {len(items)} records from {args.switches} switches; "
           f"faults: {stats.faults_text()}", file=sys.stderr)
-    procs = start_processes(args, prefix, url, workdir)
+    procs = start_processes(args, prefix, url, workdir, app_id=demo.app_id,
+                            sink_group=demo.sink_group)
     try:
         t0 = time.monotonic()
-        with SwitchPublisher(args.bootstrap, f"{prefix}call-events") as publisher:
+        with SwitchPublisher(demo.publisher, f"{prefix}call-events") as publisher:
             publish(items, publisher, pace=args.pace)
         published = time.monotonic() - t0
         waited = _wait_for_cdrs(backend, database, f"{seed}-", expected, procs, args.timeout)
     finally:
         stop_processes(procs)
-        delete_topics(args.bootstrap, [s.name for s in specs] + worker_topics(app_id_for(prefix)))
+        remove_topics(demo)
     print(f"published in {published:.1f} s; every call's CDR in ClickHouse {waited:.1f} s later, "
           f"equal to rate-file ({len(expected.versions)} calls). Logs and events: {workdir}",
           file=sys.stderr)
@@ -129,6 +130,10 @@ def register(sub: Any) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap (default from config)")
     p.add_argument("--clickhouse", metavar="URL", help="ClickHouse URL (default from config)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the CDRs")
+    p.add_argument("--identities", type=Path, metavar="DIR",
+                   help="run on the secured stack, each part under its own identity from "
+                        "DIR/<part>.env (deploy/local/secure.sh up makes .stack/secure/"
+                        "identities; docs/security.md)")
     p.add_argument("--sip", action="store_true",
                    help="real SIP calls (SIPp) through a Kamailio switch node and the switch "
                         "adapter instead of the simulator (default config: "

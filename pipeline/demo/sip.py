@@ -197,14 +197,16 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
 # --- what the pipeline made of it --------------------------------------------------------
 
 
-def topic_events(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Every CallEvent on `topic` (read to its end offsets), as rate-file input dicts."""
+def topic_events(kafka: Any, topic: str) -> list[dict[str, Any]]:
+    """Every CallEvent on `topic` (read to its end offsets), as rate-file input dicts;
+    `kafka`: the [kafka] settings or a (plaintext) bootstrap string."""
     from confluent_kafka import Consumer, TopicPartition
 
     from pipeline.avro import codec
+    from pipeline.kafka.clients import client_config, settings_of
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "sipdemo-reader",
-                         "enable.auto.commit": False})
+    consumer = Consumer(client_config(settings_of(kafka), **{
+        "group.id": "sipdemo-reader", "enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -333,15 +335,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
     from pipeline.dashboard.report import Filters, build_report, format_report
-    from pipeline.demo.common import app_id_for, prepare_run, start_processes, stop_processes
-    from pipeline.kafka.admin import delete_topics, worker_topics
+    from pipeline.demo.common import prepare_run, remove_topics, start_processes, stop_processes
 
     check_args(args)
+    if getattr(args, "identities", None) is not None:
+        raise PipelineError("--sip runs on the plaintext stack only (the secured stack has no "
+                            "identity for the Kamailio adapter's demo run): leave out --identities")
     if args.config == default_config:
         args.config = SIP_CONFIG  # the accounts and gateways the switch node sends
     demo = prepare_run(args, "sipdemo")
     config, url, run, prefix, workdir = demo.config, demo.url, demo.run, demo.prefix, demo.workdir
-    backend, database, specs = demo.backend, demo.database, demo.specs
+    backend, database = demo.backend, demo.database
     env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
     print(f"sip demo {run}: starting the Kamailio switch node, the adapter, a worker and a sink",
           file=sys.stderr)
@@ -385,7 +389,7 @@ def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
         stop_processes(procs)
         if node is not None:
             node.close()
-        delete_topics(args.bootstrap, [s.name for s in specs] + worker_topics(app_id_for(prefix)))
+        remove_topics(demo)
     print(f"placed in {placed_s:.1f} s; every call's CDR in ClickHouse {waited:.1f} s after the "
           f"last call ended, equal to rate-file on the adapter's {len(events)} events "
           f"({len(expected)} calls). Logs, SIPp records and events: {workdir}", file=sys.stderr)

@@ -34,6 +34,7 @@ from pipeline.ingest.dead_letters import DeadLetters
 from pipeline.ingest.journal import Checkpoint, JournalTail, Position, checkpoint_path
 from pipeline.ingest.kamailio import map_frame
 from pipeline.ingest.netstring import FramingError, NetstringReader
+from pipeline.runtime.settings import KafkaSettings
 from pipeline.switch.publisher import PublishError, SwitchPublisher
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class AdapterConfig:
     reconnect_initial_s: float = 0.2
     reconnect_max_s: float = 5.0
     delivery_timeout_s: float = 30.0
+    # The [kafka] settings (security included); None: plaintext to `bootstrap`.
+    kafka: KafkaSettings | None = None
 
 
 @dataclass
@@ -101,9 +104,10 @@ class KamailioAdapter:
         self._kafka_down_since: float | None = None
         self._seen: dict[bytes, None] = {}
         extra = {"message.timeout.ms": int(config.delivery_timeout_s * 1000)}
-        self._publisher = SwitchPublisher(config.bootstrap, config.topic, extra,
+        kafka = config.kafka or config.bootstrap
+        self._publisher = SwitchPublisher(kafka, config.topic, extra,
                                           queue_timeout_s=config.delivery_timeout_s)
-        self._dlq = DeadLetters(config.bootstrap, config.dlq_topic, extra)
+        self._dlq = DeadLetters(kafka, config.dlq_topic, extra)
         self._checkpoint: Checkpoint | None = None
         self._tail: JournalTail | None = None
         self._saved: Position | None = None

@@ -95,6 +95,7 @@ def _run_kamailio(args: argparse.Namespace) -> int:
         evapi_host=host,
         evapi_port=port,
         bootstrap=kafka.bootstrap,
+        kafka=kafka,
         topic=kafka.call_events,
         dlq_topic=kafka.dlq,
         journal=args.journal,

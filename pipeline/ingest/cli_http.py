@@ -87,7 +87,7 @@ def _serve_http(args: argparse.Namespace) -> int:
     if not 0 < http.port < 65536:
         raise ConfigError(f"--port: must be 1-65535, got {http.port}")
     token = check_ingest_token(http.token.reveal())  # before anything starts
-    producer = AckingProducer(kafka.bootstrap, kafka.call_events, timeout_s=http.request_timeout_s,
+    producer = AckingProducer(kafka, kafka.call_events, timeout_s=http.request_timeout_s,
                               queue_max_messages=http.queue_max_messages)
     state = make_state(producer, token, max_body_bytes=http.max_body_bytes,
                        retry_after_s=http.retry_after_s)
@@ -123,7 +123,7 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"\rpublish: {result.events} events, {result.rejected} rejected, "
               f"{rate:.0f} events/s ", end="", file=sys.stderr, flush=True)
 
-    publisher = SwitchPublisher(kafka.bootstrap, kafka.call_events,
+    publisher = SwitchPublisher(kafka, kafka.call_events,
                                 {"message.timeout.ms": int(args.timeout * 1000)},
                                 queue_timeout_s=args.timeout)
     publisher.partitions()  # a missing topic or unreachable Kafka: a clear error, now

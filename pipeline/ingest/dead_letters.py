@@ -14,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from pipeline.kafka.clients import Target, client_config, settings_of
 from pipeline.kafka.dead_letters import dead_letter_headers
 from pipeline.switch.publisher import PRODUCER_DEFAULTS, PublishError
 
@@ -23,16 +24,16 @@ log = logging.getLogger(__name__)
 class DeadLetters:
     """Send rejected frames to the dead-letter topic; failures raise on the next call."""
 
-    def __init__(self, bootstrap: str, topic: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, kafka: Target, topic: str, extra: dict[str, Any] | None = None) -> None:
         self.topic = topic
         self._failed: list[str] = []
-        config: dict[str, Any] = {
+        config = client_config(
+            settings_of(kafka),
             **PRODUCER_DEFAULTS,
-            "bootstrap.servers": bootstrap,
-            "on_delivery": self._on_delivery,
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
+            on_delivery=self._on_delivery,
+            logger=logging.getLogger(f"{__name__}.librdkafka"),
             **(extra or {}),
-        }
+        )
         try:
             self._producer = Producer(config)
         except KafkaException as exc:

@@ -30,6 +30,13 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pipeline.avro import codec
 from pipeline.core.events import CallEvent
 from pipeline.errors import PipelineError
+from pipeline.kafka.clients import (
+    ClientLog,
+    Target,
+    client_config,
+    connection_problem,
+    settings_of,
+)
 from pipeline.switch.publisher import PRODUCER_DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -103,7 +110,7 @@ class AckingProducer:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Target,
         topic: str,
         *,
         timeout_s: float = 10.0,
@@ -112,18 +119,19 @@ class AckingProducer:
     ) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
+        self.kafka = settings_of(kafka)
         self._fatal: str | None = None
+        self._client_log = ClientLog(logging.getLogger(f"{__name__}.librdkafka"))
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         timeout_ms = int(timeout_s * 1000)
-        config: dict[str, Any] = {
+        config = client_config(self.kafka, **{
             **PRODUCER_DEFAULTS,
-            "bootstrap.servers": bootstrap,
             "message.timeout.ms": timeout_ms,
             "request.timeout.ms": min(30_000, timeout_ms),
             "queue.buffering.max.messages": queue_max_messages,
             "error_cb": self._on_error,
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
-        }
+            "logger": self._client_log,
+        })
         config.update(extra or {})
         try:
             self._producer = Producer(config)
@@ -139,9 +147,12 @@ class AckingProducer:
             self._producer.poll(_POLL_S)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            self._fatal = f"{err.name()}: {err.str()}"
-            log.error("kafka producer for %s hit a fatal error, publishing stops: %s",
+        problem = connection_problem(err, self.kafka, self._client_log)
+        if err.fatal() or problem is not None:
+            # A producer that cannot get in (credentials, TLS, ACLs) is as useless as one
+            # with a fatal error: requests get 503 at once instead of waiting it out.
+            self._fatal = problem or f"{err.name()}: {err.str()}"
+            log.error("kafka producer for %s cannot publish, publishing stops: %s",
                       self.topic, self._fatal)
         else:  # librdkafka retries these itself (a broker restarting, ...)
             log.warning("kafka client error on topic %s: %s", self.topic, err.str())

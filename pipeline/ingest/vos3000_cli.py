@@ -166,7 +166,7 @@ def publish(events: list[CallEvent], config: Path | None, bootstrap: str | None)
     from pipeline.switch.publisher import SwitchPublisher
 
     kafka = replace(load_settings(config).kafka, bootstrap=bootstrap)
-    with SwitchPublisher(kafka.bootstrap, kafka.call_events) as publisher:
+    with SwitchPublisher(kafka, kafka.call_events) as publisher:
         publisher.partitions()  # a missing topic fails here, clearly, not after a timeout
         for event in events:
             publisher.publish(event)

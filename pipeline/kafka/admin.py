@@ -5,6 +5,12 @@ Brokers run with ``auto.create.topics.enable=false``; every topic comes from her
 fewer partitions than asked is an error (keys would map to other partitions than the
 co-partitioned topics expect); other differences are logged as warnings and never changed
 silently: altering a live topic is an operator's decision.
+
+On a secured cluster (docs/security.md) only the admin principal may create topics. A
+component that runs ``ensure_topics`` under its own principal checks the topics it may
+see and leaves the rest to the admin: a topic it may not create but can describe must
+exist (else ``KafkaAdminError`` says who must create it); one it may not even describe
+is not its business (a warning names it).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,6 +33,14 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ 
 )
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.kafka.clients import (
+    ClientLog,
+    Target,
+    client_config,
+    connection_problem,
+    settings_of,
+)
+from pipeline.runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +162,34 @@ def default_topic_specs(
     ]
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "cdr-pipeline-admin"})
+def _admin(target: Target) -> AdminClient:
+    return _watched_admin(target)[0]
+
+
+def _watched_admin(target: Target) -> tuple[AdminClient, Callable[[], str | None]]:
+    """An admin client and a function that says why it cannot get in, if it cannot
+    (credentials, TLS, a plaintext client on a TLS port: pipeline.kafka.clients), so
+    that a time-out is reported with its cause."""
+    kafka = settings_of(target)
+    client_log = ClientLog(logging.getLogger(f"{__name__}.librdkafka"))
+    problems: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        why = connection_problem(err, kafka, client_log)
+        if why is not None:
+            problems.append(why)
+
+    admin = AdminClient(client_config(kafka, **{
+        "client.id": "cdr-pipeline-admin", "logger": client_log, "error_cb": on_error}))
+
+    def problem() -> str | None:
+        admin.poll(0)  # serves the error callback
+        return problems[0] if problems else None
+
+    return admin, problem
+
+
+_DENIED = ("TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED")
 
 
 def _error_of(exc: BaseException) -> KafkaError | None:
@@ -230,7 +270,13 @@ def _warn_config_drift(admin: AdminClient, specs: Sequence[TopicSpec], deadline:
     by_name = {s.name: s for s in specs}
     for resource, future in futures.items():
         spec = by_name[resource.name]
-        entries = _result(future, deadline, f"cannot describe topic {spec.name}", spec.name)
+        try:
+            entries = _result(future, deadline, f"cannot describe topic {spec.name}", spec.name)
+        except KafkaAdminError as exc:
+            if exc.code not in _DENIED:
+                raise
+            log.debug("topic %s: configuration not readable by this principal", spec.name)
+            continue
         for key, want in sorted(spec.config.items()):
             entry = entries.get(key)
             have = entry.value if entry is not None else None
@@ -262,7 +308,7 @@ def _await_topics(admin: AdminClient, names: Sequence[str], deadline: float) -> 
         time.sleep(0.1)
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30) -> list[str]:
+def ensure_topics(kafka: Target, specs: list[TopicSpec], timeout_s: float = 30) -> list[str]:
     """Create the topics that do not exist; return the names created, in ``specs`` order.
 
     Idempotent: existing topics are left alone (TOPIC_ALREADY_EXISTS is not an error), but
@@ -277,7 +323,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
     if not specs:
         return []
     deadline = time.monotonic() + timeout_s
-    admin = _admin(bootstrap)
+    admin, problem = _watched_admin(kafka)
     new = [
         NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config)) for s in specs
     ]
@@ -288,6 +334,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
 
     created: list[TopicSpec] = []
     existing: list[TopicSpec] = []
+    denied: list[TopicSpec] = []
     failures: list[tuple[TopicSpec, KafkaAdminError]] = []
     for spec in specs:
         try:
@@ -297,6 +344,8 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
             err = _error_of(exc)
             if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 existing.append(spec)
+            elif err is not None and err.name() in _DENIED:
+                denied.append(spec)
             else:
                 what = f"cannot create topic {spec.name}"
                 failures.append((spec, _translate(exc, what, spec.name)))
@@ -318,6 +367,8 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
             spec.replication_factor,
             spec.config,
         )
+    if failures and (why := problem()) is not None:
+        raise KafkaAdminError(f"cannot create topics: {why}", failures[0][1].code)
     if failures:
         if len(failures) == 1:
             raise failures[0][1]
@@ -325,6 +376,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
         raise KafkaAdminError(
             f"cannot create {len(failures)} topics: {detail}", code=failures[0][1].code
         ) from failures[0][1]
+    existing += _visible(admin, denied, deadline, settings_of(kafka))
     if existing:
         log.debug("topics already exist: %s", ", ".join(s.name for s in existing))
         _check_existing(admin, existing, deadline)
@@ -333,13 +385,42 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 30)
     return [s.name for s in created]
 
 
-def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30) -> list[str]:
+def _visible(admin: AdminClient, denied: Sequence[TopicSpec], deadline: float,
+             kafka: KafkaSettings) -> list[TopicSpec]:
+    """Of the topics this principal may not create: those it can see (to be checked as
+    existing ones). One it can see that does not exist is an error naming who creates it;
+    one it may not see (the broker does not say whether it exists) is left to the
+    principals that use it, with a warning."""
+    visible, missing, hidden = [], [], []
+    for spec in denied:
+        tmd = _metadata(admin, deadline, spec.name).topics.get(spec.name)
+        if tmd is None or (tmd.error is not None
+                           and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            missing.append(spec.name)
+        elif tmd.error is not None:
+            hidden.append(spec.name)
+        else:
+            visible.append(spec)
+    if missing:
+        raise KafkaAdminError(
+            f"topics missing and {kafka.username or 'this principal'} may not create them: "
+            f"{', '.join(missing)} (the admin principal creates topics: docs/security.md)",
+            code="TOPIC_AUTHORIZATION_FAILED",
+            topic=missing[0] if len(missing) == 1 else None,
+        )
+    if hidden:
+        log.warning("topics not visible to %s, left unchecked: %s",
+                    kafka.username or "this principal", ", ".join(hidden))
+    return visible
+
+
+def delete_topics(kafka: Target, names: Iterable[str], timeout_s: float = 30) -> list[str]:
     """Delete topics; missing ones are ignored. Returns the names deleted."""
     todo = list(dict.fromkeys(names))
     if not todo:
         return []
     deadline = time.monotonic() + timeout_s
-    admin = _admin(bootstrap)
+    admin = _admin(kafka)
     try:
         futures = admin.delete_topics(todo, operation_timeout=timeout_s, request_timeout=timeout_s)
     except KafkaException as exc:
@@ -357,10 +438,10 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30) -
     return deleted
 
 
-def topic_configs(bootstrap: str, name: str, timeout_s: float = 30) -> Mapping[str, str | None]:
+def topic_configs(kafka: Target, name: str, timeout_s: float = 30) -> Mapping[str, str | None]:
     """The effective configuration of a topic (name -> value), for checks and reports."""
     deadline = time.monotonic() + timeout_s
-    admin = _admin(bootstrap)
+    admin = _admin(kafka)
     futures = admin.describe_configs(
         [ConfigResource(ResourceType.TOPIC, name)], request_timeout=timeout_s
     )

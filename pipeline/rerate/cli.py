@@ -177,13 +177,10 @@ def register(subparsers: Any) -> None:
 
 def _open(args: argparse.Namespace) -> tuple[Any, str, Any]:
     from pipeline.runtime.settings import load_settings
-    from pipeline.storage.url import open_backend
+    from pipeline.storage.url import open_clickhouse
 
     settings = load_settings(args.config)
-    url = args.clickhouse or settings.clickhouse.url
-    backend, database = open_backend(
-        url, settings.clickhouse.user, settings.clickhouse.password.reveal()
-    )
+    backend, database = open_clickhouse(settings.clickhouse, args.clickhouse)
     return backend, database, settings
 
 
@@ -236,11 +233,14 @@ def _kafka(args: argparse.Namespace, settings: Any) -> Any:
     if args.source != "kafka":
         return None
     from pipeline.rerate.kafka_source import KafkaReplayOptions
+    from pipeline.runtime.settings import replace
 
+    kafka = replace(settings.kafka, bootstrap=args.bootstrap)
     return KafkaReplayOptions(
-        bootstrap=args.bootstrap or settings.kafka.bootstrap,
-        topic=args.topic or settings.kafka.call_events,
+        bootstrap=kafka.bootstrap,
+        topic=args.topic or kafka.call_events,
         margin_s=args.kafka_margin_s,
+        kafka=kafka,
     )
 
 

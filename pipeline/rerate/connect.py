@@ -8,11 +8,14 @@ shared with a forked child: there the run stays in-process, on the given backend
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline.rerate.store import BackendRowStream, NativeRowStream, RowStream
 from pipeline.storage.backend import ClickHouseBackend
+
+if TYPE_CHECKING:
+    from pipeline.storage.native import ClickHouseTls
 
 
 class Connector(Protocol):
@@ -27,23 +30,26 @@ class Connector(Protocol):
 
 @dataclass
 class NativeConnector:
-    """A ClickHouse server: every call opens a new connection."""
+    """A ClickHouse server: every call opens a new connection (same login and TLS). It
+    travels to the worker processes; the password stays out of its repr."""
 
     host: str
     port: int
     user: str = "default"
-    password: str = ""
+    password: str = field(default="", repr=False)
     forkable: bool = True
+    tls: ClickHouseTls | None = None
 
     def backend(self) -> ClickHouseBackend:
         from pipeline.storage.native import NativeBackend
 
         return NativeBackend(
-            self.host, self.port, user=self.user, password=self.password, send_receive_timeout=600
+            self.host, self.port, user=self.user, password=self.password, send_receive_timeout=600,
+            tls=self.tls,
         )
 
     def stream(self) -> RowStream:
-        return NativeRowStream(self.host, self.port, self.user, self.password)
+        return NativeRowStream(self.host, self.port, self.user, self.password, tls=self.tls)
 
     def close(self) -> None:
         pass
@@ -83,9 +89,10 @@ class _Unclosable:
 def connector_for(
     backend: ClickHouseBackend, user: str = "default", password: str = ""
 ) -> Connector:
-    """A NativeConnector for a server backend (same address), else a SharedConnector."""
+    """A NativeConnector for a server backend (same address and TLS), else a
+    SharedConnector."""
     from pipeline.storage.native import NativeBackend
 
     if isinstance(backend, NativeBackend):
-        return NativeConnector(backend.host, backend.port, user, password)
+        return NativeConnector(backend.host, backend.port, user, password, tls=backend.tls)
     return SharedConnector(backend)

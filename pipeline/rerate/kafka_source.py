@@ -14,7 +14,10 @@ that would make it look in range (it would have ended before `from`).
 How: one Correlator per partition, as in the streaming worker, with the NEW
 configuration, so policy changes and correlation corrections apply. The consumer
 uses assign() with explicit offsets under a group id of its own and never commits:
-the live correlator's group is never touched.
+the live correlator's group is never touched. It connects with the [kafka] settings
+(pipeline.kafka.clients; on a secured cluster the `rerate` principal, which may read
+`call-events` under groups named cdr-rerate-*), and stops with one line naming the
+cause when it cannot get in, instead of waiting for records that cannot come.
 
 Which calls: those whose start (SETUP time, or for a SETUP_MISSING call its answer
 or end time: the `call_start_ms` rule of the cdr table) is in [from, to) and whose
@@ -41,8 +44,10 @@ from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent, PipelineError
+from pipeline.kafka.clients import ClientLog, client_config, connection_problem, settings_of
 from pipeline.rerate.facts import StoredRow
 from pipeline.rerate.store import RowStream, fetch_stored, iter_stored
+from pipeline.runtime.settings import KafkaSettings
 from pipeline.storage.backend import ClickHouseBackend
 
 log = logging.getLogger(__name__)
@@ -62,6 +67,12 @@ class KafkaReplayOptions:
     margin_s: int = 300
     poll_batch: int = 2000
     consumer_config: dict[str, Any] = field(default_factory=dict)
+    # The [kafka] settings (security included); None: plaintext to `bootstrap`.
+    kafka: KafkaSettings | None = None
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return self.kafka if self.kafka is not None else settings_of(self.bootstrap)
 
 
 @dataclass
@@ -158,26 +169,41 @@ class KafkaSource:
         self.done = 0
         self.on_read: Callable[[int], None] | None = None
         self._consumer: Consumer | None = None
+        self._blocked: str | None = None  # why the consumer cannot get in, if it cannot
+        self._client_log = ClientLog(logging.getLogger(f"{__name__}.librdkafka"))
         # newest stored versions of the calls in range, loaded beforehand (load_stored)
         self.stored = stored
 
     # -- planning -------------------------------------------------------------------------
 
     def _open(self) -> Consumer:
-        conf = {
-            "bootstrap.servers": self.options.bootstrap,
+        conf = client_config(self.options.settings, **{
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "client.id": "cdr-rerate",
+            "error_cb": self._on_error,
+            "logger": self._client_log,
             **self.options.consumer_config,
-        }
+        })
         try:
             return Consumer(conf)
         except KafkaException as exc:
             raise KafkaReplayError(f"invalid consumer configuration: {exc.args[0]}") from None
+
+    def _on_error(self, err: KafkaError) -> None:
+        why = connection_problem(err, self.options.settings, self._client_log)
+        if why is not None:
+            self._blocked = self._blocked or why
+        else:
+            log.debug("kafka client error while replaying: %s", err.str())
+
+    def _raise_blocked(self, consumer: Consumer) -> None:
+        consumer.poll(0)  # serves the error callback
+        if self._blocked is not None:
+            raise KafkaReplayError(f"topic {self.options.topic!r}: {self._blocked}")
 
     def plan(self) -> list[PartitionPlan]:
         """Offsets to read on each partition of the topic (also sets `total`); given
@@ -190,6 +216,10 @@ class KafkaSource:
         try:
             metadata = consumer.list_topics(topic, timeout=15)
             info = metadata.topics.get(topic)
+            if info is not None and info.error is not None:
+                why = connection_problem(info.error, self.options.settings)
+                if why is not None:
+                    raise KafkaReplayError(f"topic {topic!r} cannot be replayed: {why}")
             if info is None or info.error is not None or not info.partitions:
                 reason = info.error.str() if info is not None and info.error else "no partitions"
                 raise KafkaReplayError(f"topic {topic!r} cannot be replayed: {reason}")
@@ -209,6 +239,7 @@ class KafkaSource:
                 start = high if tp.offset < 0 else max(tp.offset, low)
                 plans.append(PartitionPlan(tp.partition, start, high))
         except KafkaException as exc:
+            self._raise_blocked(consumer)
             raise KafkaReplayError(f"topic {topic!r}: {exc.args[0]}") from None
         self.plans = sorted(plans, key=lambda p: p.partition)
         self.total = sum(max(0, p.end - p.start) for p in self.plans)
@@ -236,6 +267,7 @@ class KafkaSource:
             while any(not part.done for part in parts.values()):
                 messages = consumer.consume(num_messages=self.options.poll_batch, timeout=1.0)
                 if not messages:
+                    self._raise_blocked(consumer)
                     if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
                         waiting = [p for p, part in parts.items() if not part.done]
                         raise KafkaReplayError(
@@ -274,7 +306,8 @@ class KafkaSource:
                 if msg.offset() >= plan.end:
                     self._finish(consumer, part)
                 return
-            raise KafkaReplayError(f"{msg.topic()}[{msg.partition()}]: {error.str()}")
+            why = connection_problem(error, self.options.settings) or error.str()
+            raise KafkaReplayError(f"{msg.topic()}[{msg.partition()}]: {why}")
         offset = msg.offset()
         if offset >= plan.end:
             self._finish(consumer, part)

@@ -8,6 +8,10 @@ into `cdr`. A crash between the two leaves a history row whose new version was n
 written; the re-run writes both again and `cdr_history` (ReplacingMergeTree keyed by
 call and superseded version) keeps one. Batches carry deterministic deduplication
 tokens, and a batch is retried with the same token while ClickHouse is unavailable.
+
+On a cluster the same SQL reads and writes the Distributed tables: `FINAL` is exact per
+shard (every version of a call is on the shard of its call_id), and the writes go
+through `storage.cluster.insert_rows` (synchronous, at the insert quorum).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pipeline.core.cdr import RatedCdr, call_start_ms
 from pipeline.rerate.facts import COL, I_CALL_ID, I_CALL_START, I_VERSION, STORED_COLUMNS, StoredRow
 from pipeline.storage.backend import ClickHouseBackend
 from pipeline.storage.cdr_store import CDR_COLUMNS
+from pipeline.storage.cluster import insert_rows
 from pipeline.storage.errors import StorageError, StorageUnavailable
 from pipeline.storage.sql import check_identifier
 
@@ -62,13 +67,15 @@ class NativeRowStream:
         user: str = "default",
         password: str = "",
         block_rows: int = 20_000,
+        tls: Any = None,  # a storage.native.ClickHouseTls: the server's TLS port
     ) -> None:
         from clickhouse_driver import Client
 
         self._where = f"{host}:{port}"
         self._block_rows = block_rows
         self._client = Client(
-            host=host, port=port, user=user, password=password, send_receive_timeout=600
+            host=host, port=port, user=user, password=password, send_receive_timeout=600,
+            **(tls.client_kwargs() if tls is not None else {}),
         )
 
     def rows(self, sql: str, params: Mapping[str, Any]) -> Iterator[tuple[Any, ...]]:
@@ -339,15 +346,13 @@ def write_changes(
         token = _token("history", run_id, pairs)
         _with_retry(
             f"history insert of {len(history[0])} rows into {db}.cdr_history",
-            lambda: backend.insert_columns(
-                f"{db}.cdr_history", HISTORY_INSERT_COLUMNS, history, token
-            ),
+            lambda: insert_rows(backend, db, "cdr_history", HISTORY_INSERT_COLUMNS, history, token),
         )
     columns = _cdr_columns(run_id, changes)
     token = _token("cdr", run_id, pairs)
     _with_retry(
         f"insert of {len(changes)} re-rated CDRs into {db}.cdr",
-        lambda: backend.insert_columns(f"{db}.cdr", CDR_INSERT_COLUMNS, columns, token),
+        lambda: insert_rows(backend, db, "cdr", CDR_INSERT_COLUMNS, columns, token),
     )
     return len(changes)
 

@@ -10,19 +10,20 @@ from typing import Any
 def clickhouse_from(args: argparse.Namespace) -> tuple[Any, str]:
     """The backend and database named by --clickhouse, else the settings file / env."""
     from pipeline.runtime.settings import load_settings
-    from pipeline.storage.url import open_backend
+    from pipeline.storage.url import open_clickhouse
 
     settings = load_settings(getattr(args, "config", None))
-    url = getattr(args, "clickhouse", None) or settings.clickhouse.url
-    return open_backend(url, settings.clickhouse.user, settings.clickhouse.password.reveal())
+    return open_clickhouse(settings.clickhouse, getattr(args, "clickhouse", None))
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from pipeline.runtime.settings import load_settings
     from pipeline.storage.migrate import migrate
 
+    cluster = args.cluster or load_settings(getattr(args, "config", None)).clickhouse.cluster
     backend, database = clickhouse_from(args)
     try:
-        applied = migrate(backend, database)
+        applied = migrate(backend, database, cluster=cluster or None)
     finally:
         backend.close()
     print(f"{database}: applied {', '.join(applied)}" if applied
@@ -39,4 +40,8 @@ def register(sub: Any) -> None:
     m.add_argument("--clickhouse", metavar="URL",
                    help="native://host:port/db or chdb:///dir "
                         "(default from config / CDR_CLICKHOUSE_URL)")
+    m.add_argument("--cluster", metavar="NAME",
+                   help="create the tables ON CLUSTER NAME: replicated shards behind "
+                        "Distributed tables (default [clickhouse] cluster / "
+                        "CDR_CLICKHOUSE_CLUSTER; docs/clickhouse.md)")
     m.set_defaults(handler=_migrate)

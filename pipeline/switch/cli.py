@@ -54,7 +54,8 @@ def register(subparsers: Any) -> None:
         "reorder_grace_s ahead of the last event)",
     )
     p.add_argument("--jsonl", type=Path, help="write the events and ticks here, JSON Lines")
-    p.add_argument("--bootstrap", help="publish to this Kafka cluster (HOST:PORT[,...])")
+    p.add_argument("--bootstrap", help="publish to this Kafka cluster (HOST:PORT[,...]); "
+                   "security settings from [kafka] in --config or CDR_KAFKA_* (docs/security.md)")
     p.add_argument("--topic", default="call-events", help="topic (default call-events)")
     p.add_argument(
         "--producer-opt",
@@ -79,6 +80,11 @@ def _producer_options(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise SimulationError(f"--producer-opt: {pair!r} is not KEY=VALUE")
+        if "password" in key.lower() or key.strip().startswith(("sasl.", "ssl.", "security.")):
+            raise SimulationError(
+                f"--producer-opt: {key.strip()} is a connection setting: give it in [kafka] "
+                "(secrets in a file, e.g. password_file or CDR_KAFKA_PASSWORD_FILE), never on "
+                "the command line")
         options[key.strip()] = value.strip()
     return options
 
@@ -102,11 +108,13 @@ def _open_jsonl(path: Path) -> IO[str]:
 
 
 def _publish(args: argparse.Namespace, items: Iterable[Any]) -> str:
+    from pipeline.runtime.settings import load_settings, replace
     from pipeline.switch.publisher import SwitchPublisher
     from pipeline.switch.simulator import publish
 
     options = _producer_options(args.producer_opt)
-    with SwitchPublisher(args.bootstrap, args.topic, options) as publisher:
+    kafka = replace(load_settings(args.config).kafka, bootstrap=args.bootstrap)
+    with SwitchPublisher(kafka, args.topic, options) as publisher:
         publish(items, publisher, args.pace)
         stats = publisher.stats
     return (

@@ -14,6 +14,12 @@ Delivery is asynchronous: a record that finally fails (broker unreachable for
 ``message.timeout.ms``, unknown topic, ...) is recorded by the delivery callback and
 raised as ``PublishError`` by the next ``publish``, ``publish_tick``, ``flush`` or
 ``close``. Nothing fails silently.
+
+The connection comes from the ``[kafka]`` settings (``pipeline.kafka.clients``): on a
+secured cluster, TLS and the SCRAM user or client certificate. A producer that cannot
+get in (wrong password, untrusted certificate, a plaintext client on a TLS port, no
+right to write the topic) stops at once with a ``PublishError`` naming the cause,
+instead of retrying until ``message.timeout.ms``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pipeline.avro import codec
 from pipeline.core.events import CallEvent
 from pipeline.errors import PipelineError
+from pipeline.kafka.clients import (
+    ClientLog,
+    Target,
+    client_config,
+    connection_problem,
+    settings_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +100,16 @@ class SwitchPublisher:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Target,
         topic: str = DEFAULT_TOPIC,
         extra: dict[str, Any] | None = None,
         *,
         queue_timeout_s: float = 30.0,
         metadata_timeout_s: float = 10.0,
     ) -> None:
-        if not bootstrap:
+        """`kafka`: the [kafka] settings (a bare bootstrap string means plaintext)."""
+        self.kafka = settings_of(kafka)
+        if not self.kafka.bootstrap:
             raise PublishError("no Kafka bootstrap servers given", topic)
         self.topic = topic
         self.stats = PublisherStats()
@@ -104,19 +119,21 @@ class SwitchPublisher:
         self._failed_since_report = 0
         self._partitions: int | None = None
         self._closed = False
-        config: dict[str, Any] = {
+        self._blocked: tuple[str, str] | None = None  # (code, why) it cannot get in
+        self._client_log = ClientLog(logging.getLogger(f"{__name__}.librdkafka"))
+        config = client_config(
+            self.kafka,
             **PRODUCER_DEFAULTS,
-            "bootstrap.servers": bootstrap,
-            "on_delivery": self._on_delivery,
-            "error_cb": self._on_error,
-            "logger": logging.getLogger(f"{__name__}.librdkafka"),
-        }
+            on_delivery=self._on_delivery,
+            error_cb=self._on_error,
+            logger=self._client_log,
+        )
         config.update(extra or {})
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
             raise PublishError(f"invalid producer configuration: {exc.args[0]}", topic) from None
-        log.debug("publisher for topic %s on %s created", topic, bootstrap)
+        log.debug("publisher for topic %s on %s created", topic, self.kafka.bootstrap)
 
     # -- callbacks (run inside poll/flush) ---------------------------------------------
 
@@ -127,12 +144,27 @@ class SwitchPublisher:
         key = msg.key()
         text = key.decode("utf-8", "replace") if key is not None else None
         self._record(_Failure(text, msg.partition(), err))
+        self._check_access(err)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self._record(_Failure(None, None, err))
-        else:  # librdkafka retries these itself (e.g. a broker restarting)
+        elif not self._check_access(err):  # librdkafka retries these (a broker restarting)
             log.warning("kafka client error on topic %s: %s", self.topic, err.str())
+
+    def _check_access(self, err: KafkaError) -> bool:
+        """Remember that the producer cannot get in (credentials, TLS, ACLs): waiting
+        for the delivery time-out would only delay the same answer."""
+        why = connection_problem(err, self.kafka, self._client_log)
+        if why is not None and self._blocked is None:
+            self._blocked = (err.name(), why)
+        return why is not None
+
+    def _raise_blocked(self) -> None:
+        if self._blocked is not None:
+            code, why = self._blocked
+            raise PublishError(f"cannot publish to topic {self.topic!r}: {why}", self.topic,
+                               code=code, failed=len(self._producer))
 
     def _record(self, failure: _Failure) -> None:
         self.stats.failed += 1
@@ -169,6 +201,7 @@ class SwitchPublisher:
     def _check_usable(self) -> None:
         if self._closed:
             raise PublishError(f"publisher for topic {self.topic!r} is closed", self.topic)
+        self._raise_blocked()
         self._raise_failures()
 
     def _produce(self, key: bytes | None, value: bytes, **kwargs: Any) -> None:
@@ -186,6 +219,7 @@ class SwitchPublisher:
                 elif now >= deadline:
                     self._queue_full(key)
                 self._producer.poll(0.1)
+                self._raise_blocked()
             except KafkaException as exc:
                 text = key.decode("utf-8", "replace") if key is not None else None
                 error = exc.args[0]
@@ -222,14 +256,25 @@ class SwitchPublisher:
         return self._partitions
 
     def _read_partitions(self) -> int:
-        try:
-            metadata = self._producer.list_topics(self.topic, timeout=self._metadata_timeout_s)
-        except KafkaException as exc:
-            raise PublishError(
-                f"cannot read metadata of topic {self.topic!r}: {exc.args[0]}", self.topic
-            ) from None
+        deadline = time.monotonic() + self._metadata_timeout_s
+        while True:  # in slices: a producer that cannot get in says so within a second
+            try:
+                metadata = self._producer.list_topics(
+                    self.topic, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+                break
+            except KafkaException as exc:
+                self._producer.poll(0)  # the error callback may know why
+                self._raise_blocked()
+                if time.monotonic() >= deadline:
+                    raise PublishError(
+                        f"cannot read metadata of topic {self.topic!r}: {exc.args[0]}",
+                        self.topic,
+                    ) from None
         topic = metadata.topics.get(self.topic)
         error = topic.error if topic is not None else None
+        if error is not None:
+            self._check_access(error)
+            self._raise_blocked()
         if topic is None or error is not None or not topic.partitions:
             reason = f"{error.name()}: {error.str()}" if error is not None else "no partitions"
             raise PublishError(
@@ -256,10 +301,15 @@ class SwitchPublisher:
         return int(self._producer.poll(timeout))
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every queued record; PublishError if any failed or some remain."""
+        """Wait for every queued record; PublishError if any failed or some remain, or at
+        once if the producer cannot get in (then nothing queued was delivered)."""
         if self._closed:
             raise PublishError(f"publisher for topic {self.topic!r} is closed", self.topic)
-        remaining = int(self._producer.flush(timeout))
+        deadline = time.monotonic() + timeout
+        remaining = int(self._producer.flush(0))
+        while remaining and self._blocked is None and time.monotonic() < deadline:
+            remaining = int(self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic()))))
+        self._raise_blocked()
         self._raise_failures()
         if remaining:
             raise PublishError(

@@ -20,6 +20,7 @@ from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig, load_config
 from pipeline.core.summary import newest_versions
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics, worker_topics
+from pipeline.kafka.clients import client_config, settings_of
 from pipeline.offline.rate_file import rate_lines
 from pipeline.storage.cdr_store import fetch_newest
 from pipeline.storage.migrate import migrate
@@ -40,6 +41,24 @@ class Pipeline:
     workdir: Path
     name: str = field(default_factory=lambda: f"e2e{uuid.uuid4().hex[:8]}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The secured stack (tests/integration/secure_fixtures.py, which also makes and drops
+    # the topics and database): the Kafka settings of the harness's own clients (offsets:
+    # the admin principal), each process's environment by component ("worker", "sink":
+    # its identity), the database its users may use, the ClickHouse URL's TLS options and
+    # arguments put before every subcommand (e.g. -v).
+    kafka: Any = None  # KafkaSettings; None: plaintext to `bootstrap`
+    component_env: Callable[[str], dict[str, str]] | None = None
+    database_name: str | None = None
+    url_options: str = ""
+    cli_args: tuple[str, ...] = ()
+
+    @property
+    def kafka_settings(self) -> Any:
+        return self.kafka if self.kafka is not None else settings_of(self.bootstrap)
+    # A ClickHouse cluster to migrate the database on (None: one server), and the
+    # replication factor of the topics (the worker's own ones too).
+    cluster: str | None = None
+    replication_factor: int = 1
 
     @property
     def prefix(self) -> str:
@@ -51,11 +70,12 @@ class Pipeline:
 
     @property
     def database(self) -> str:
-        return self.name
+        return self.database_name or self.name
 
     def setup(self) -> None:
-        ensure_topics(self.bootstrap, default_topic_specs(self.prefix, PARTITIONS, 1))
-        migrate(self.backend, self.database)
+        ensure_topics(self.bootstrap,
+                      default_topic_specs(self.prefix, PARTITIONS, self.replication_factor))
+        migrate(self.backend, self.database, cluster=self.cluster)
 
     def teardown(self) -> None:
         for proc in self.procs:
@@ -64,14 +84,19 @@ class Pipeline:
                 proc.wait(30)
         delete_topics(self.bootstrap, [s.name for s in default_topic_specs(self.prefix, PARTITIONS, 1)]
                       + worker_topics(self.app_id))
-        self.backend.execute(f"DROP DATABASE IF EXISTS {self.database}")
+        on_cluster = f" ON CLUSTER {self.cluster}" if self.cluster else ""
+        self.backend.execute(f"DROP DATABASE IF EXISTS {self.database}{on_cluster}")
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=self.prefix, CDR_KAFKA_BOOTSTRAP=self.bootstrap,
                    CDR_KAFKA_PARTITIONS=str(PARTITIONS))
+        if self.replication_factor != 1:
+            env["CDR_KAFKA_REPLICATION_FACTOR"] = str(self.replication_factor)
+        if self.component_env is not None:
+            env.update(self.component_env(name))
         log = (self.workdir / f"{name}-{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.cli_args, *args],
+                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
@@ -85,7 +110,7 @@ class Pipeline:
     def topic_records(self, topic: str) -> int:
         """How many records `topic` (without the prefix) holds: the sum of its partitions'
         end offsets (no transactions, no compaction: one offset per record)."""
-        client = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{self.prefix}count"})
+        client = Consumer(client_config(self.kafka_settings, **{"group.id": f"{self.prefix}count"}))
         try:
             return sum(client.get_watermark_offsets(TopicPartition(f"{self.prefix}{topic}", p),
                                                     timeout=30)[1] for p in range(PARTITIONS))
@@ -93,7 +118,7 @@ class Pipeline:
             client.close()
 
     def start_sink(self, config: Path = CONFIG) -> subprocess.Popen[bytes]:
-        url = f"native://{self.backend.host}:{self.backend.port}/{self.database}"
+        url = f"native://{self.backend.host}:{self.backend.port}/{self.database}{self.url_options}"
         return self._spawn("sink", ["sink", "--config", str(config), "--group", f"{self.prefix}sink",
                                     "--clickhouse", url, "--topic", f"{self.prefix}cdrs",
                                     "--batch-rows", "500", "--batch-seconds", "0.5"])
@@ -134,13 +159,15 @@ class Pipeline:
                 lines.append(f"  expected {expected[call_id]}")
         for group, topic in ((f"{self.prefix}corr", f"{self.prefix}call-events"),
                              (f"{self.prefix}sink", f"{self.prefix}cdrs")):
-            consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
+            consumer = Consumer(client_config(self.kafka_settings, **{"group.id": group}))
             try:
                 tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
                 committed = consumer.committed(tps, timeout=10)
                 for tp in committed:
                     _low, high = consumer.get_watermark_offsets(tp, timeout=10)
                     lines.append(f"{group} {topic}[{tp.partition}]: committed {tp.offset}, end {high}")
+            except Exception as exc:  # noqa: BLE001 - a diagnosis; the admin may not read groups
+                lines.append(f"{group}: offsets not readable here: {exc}")
             finally:
                 consumer.close()
         return "\n".join(lines)
@@ -153,11 +180,12 @@ class Pipeline:
         return out
 
 
-def traffic(calls: int, seed: int, faults: FaultMix | None = None) -> tuple[list[Any], BillingConfig, SimStats]:
+def traffic(calls: int, seed: int, faults: FaultMix | None = None,
+            start_ms: int = 1_764_000_000_000) -> tuple[list[Any], BillingConfig, SimStats]:
     config = load_config(CONFIG)
     stats = SimStats()
     items = list(generate(config, calls=calls, switches=4, rate_cps=40.0, seed=seed,
-                          start_ms=1_764_000_000_000, faults=faults or FaultMix(), stats=stats))
+                          start_ms=start_ms, faults=faults or FaultMix(), stats=stats))
     return items, config, stats
 
 

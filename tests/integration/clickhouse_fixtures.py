@@ -113,3 +113,141 @@ def clickhouse_database(storage_backend: ClickHouseBackend) -> Iterator[str]:
         storage_backend.execute(f"DROP DATABASE IF EXISTS {name}")
     except StorageError:
         pass  # the test may have closed the backend; the tmp dir / server reset cleans up
+
+
+# -- the 2 x 2 cluster ------------------------------------------------------------------
+# `clickhouse_cluster` (session): the local cluster of `clickhouse.sh up --cluster` (2 shards
+# x 2 replicas on 127.0.0.1:19100-19103, ZooKeeper on 12181), started when it does not
+# answer and stopped after the last test session that uses it, if a test session started
+# it (lease files under .stack/clickhouse-cluster/leases/, as kafka_fixtures does for the
+# Kafka cluster; CDR_CLICKHOUSE_KEEP_RUNNING=1 leaves it running).
+# `cluster_database` (function): a unique database name, dropped ON CLUSTER afterwards.
+
+CLUSTER_NAME = "cdr_cluster"
+CLUSTER_PORTS = (19100, 19101, 19102, 19103)  # nodes 1..4; shard 1 = nodes 1, 2
+
+
+def clickhouse_sh(*args: str, timeout: float = 900) -> str:
+    """Run clickhouse.sh with `args`; fail the test with its output on error."""
+    proc = subprocess.run(
+        [str(CLICKHOUSE_SH), *args], capture_output=True, text=True, timeout=timeout,
+        check=False, stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"clickhouse.sh {' '.join(args)} failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout}\n{proc.stderr[-3000:]}", pytrace=False)
+    return proc.stdout
+
+
+class LocalClickHouseCluster:
+    """The local 2 x 2 cluster: backends on its nodes, and faults (stop, SIGKILL, start)."""
+
+    name = CLUSTER_NAME
+    nodes = (1, 2, 3, 4)
+
+    def __init__(self) -> None:
+        self._backends: dict[int, ClickHouseBackend] = {}
+
+    @staticmethod
+    def port(node: int) -> int:
+        return CLUSTER_PORTS[node - 1]
+
+    @staticmethod
+    def shard_of(node: int) -> int:
+        return (node + 1) // 2
+
+    def url(self, database: str, node: int = 1) -> str:
+        return f"native://{DEFAULT_HOST}:{self.port(node)}/{database}"
+
+    def backend(self, node: int = 1) -> ClickHouseBackend:
+        """A backend on `node`, kept for the session (reconnects after a restart)."""
+        if node not in self._backends:
+            from pipeline.storage.native import NativeBackend
+
+            self._backends[node] = NativeBackend(DEFAULT_HOST, self.port(node))
+        return self._backends[node]
+
+    def answers(self, node: int) -> bool:
+        try:
+            return self.backend(node).execute("SELECT 1") == [(1,)]
+        except StorageError:
+            return False
+
+    def stop_node(self, node: int) -> None:
+        clickhouse_sh("stop-node", str(node), "--cluster")
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL: a crash, nothing flushed or handed over."""
+        clickhouse_sh("kill-node", str(node), "--cluster")
+
+    def start_node(self, node: int) -> None:
+        """Start a node and return once it answers."""
+        clickhouse_sh("start-node", str(node), "--cluster")
+
+    def sync_replicas(self, database: str, table: str) -> None:
+        """Wait until every replica has fetched what its shard's log holds."""
+        for node in self.nodes:
+            self.backend(node).execute(f"SYSTEM SYNC REPLICA {database}.{table}")
+
+    def counts(self, database: str, table: str) -> dict[int, int]:
+        """Rows of `table` on each node (its local, replicated table)."""
+        return {
+            node: int(self.backend(node).execute(f"SELECT count() FROM {database}.{table}")[0][0])
+            for node in self.nodes
+        }
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+
+def _cluster_up(cluster: LocalClickHouseCluster) -> bool:
+    return all(_reachable(DEFAULT_HOST, cluster.port(n)) for n in cluster.nodes)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_cluster() -> Iterator[LocalClickHouseCluster]:
+    cluster = LocalClickHouseCluster()
+    state = REPO_ROOT / ".stack" / "clickhouse-cluster"
+    leases, marker = state / "leases", state / "started-by-tests"
+    leases.mkdir(parents=True, exist_ok=True)
+    lease = leases / str(os.getpid())
+    lease.touch()
+    try:
+        if not _cluster_up(cluster):
+            clickhouse_sh("up", "--cluster")
+            marker.touch()
+        yield cluster
+    finally:
+        cluster.close()
+        lease.unlink(missing_ok=True)
+        others = [f for f in leases.iterdir() if f.name.isdigit() and _alive(int(f.name))]
+        if (marker.exists() and not others
+                and os.environ.get("CDR_CLICKHOUSE_KEEP_RUNNING") != "1"):
+            clickhouse_sh("down", "--cluster", timeout=300)
+            marker.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture
+def cluster_database(clickhouse_cluster: LocalClickHouseCluster) -> Iterator[str]:
+    name = f"cdr_ctest_{uuid.uuid4().hex[:12]}"
+    yield name
+    for node in clickhouse_cluster.nodes:  # every node up again before the drop
+        if not clickhouse_cluster.answers(node):
+            clickhouse_cluster.start_node(node)
+    try:
+        clickhouse_cluster.backend(1).execute(
+            f"DROP DATABASE IF EXISTS {name} ON CLUSTER {CLUSTER_NAME}")
+    except StorageError:
+        pass  # `stack.sh clean` / `clickhouse.sh reset --cluster` removes what is left
