@@ -24,6 +24,7 @@ cleanup() {
     for svc in "${started[@]}"; do "$HERE/$svc.sh" down >/dev/null 2>&1 || true; done
     "$HERE/kafka.sh" down --cluster >/dev/null 2>&1 || true
     "$HERE/clickhouse.sh" down --cluster >/dev/null 2>&1 || true
+    "$HERE/secure.sh" down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 for svc in clickhouse kafka; do
