@@ -1,18 +1,29 @@
 """Streaming benchmark on the real broker and ClickHouse server (not a test).
 
     .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
-        [--latency-only] [--latency-workers 1] [--sink-batch-seconds 0.5] [--repeat 1]
+        [--latency-only | --throughput-only] [--latency-workers 1]
+        [--sink-batch-seconds 0.5] [--repeat 1]
+        [--baseline-tree DIR] [--variant-env K=V[,K=V]]...
 
 Prints, in one run:
-  1. the correlator: events/s through one Faust worker, beside the bare chain
-     (confluent-kafka batch consume + fastavro decode + billing core + fastavro
-     encode + produce, no Faust) on the same events;
+  1. the correlator on a prefilled topic: events/s through one worker, beside the bare
+     chain (confluent-kafka batch consume + fastavro decode + billing core + fastavro
+     encode + produce, no Faust) on the same events; and, robust to other jobs on the
+     machine, events per CPU-second of each one's process (/proc, every thread; the
+     worker's from its counters' first move to its last); the worker's changelog:
+     writes, bytes a value;
   2. the sink: CDR rows/s through `cdr-pipeline sink`, beside the bare chain
      (consume + fastavro decode + clickhouse-driver columnar insert) on the same CDRs;
   3. latency from HANGUP published to CDR queryable in ClickHouse (p50, p99) at a
-     steady event rate, with worker and sink running, and the worker's share of it
-     (HANGUP published to CDR appended to the cdrs topic), and the CPU each part
-     of the machine used meanwhile. --latency-only runs just this part.
+     steady event rate, with worker(s) and sink running, and the worker's share of it
+     (HANGUP published to CDR appended to the cdrs topic), and the CPU each part used
+     meanwhile: the worker(s), the sink, this process, and the broker and ClickHouse
+     this benchmark uses (found by their ports: other stacks may run beside them),
+     also above their idle level just before. --latency-only runs just this part,
+     --throughput-only the first two.
+--baseline-tree DIR also measures the worker of another source tree (e.g. `git archive
+HEAD | tar -x -C DIR`: the before of a change) in the same run, and each --variant-env
+this tree's worker with those settings (CDR_WORKER_*), in both parts.
 Needs the local stack (deploy/local/stack.sh up). Topics and databases it
 creates are deleted at the end.
 """
@@ -23,14 +34,16 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,7 @@ from pipeline.core.config import load_config  # noqa: E402
 from pipeline.core.correlator import Correlator  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
 from pipeline.kafka.admin import (  # noqa: E402
+    TopicSpec,
     default_topic_specs,
     delete_topics,
     ensure_topics,
@@ -67,10 +81,14 @@ PARTITIONS = 3
 POLL_S = 0.1
 
 
-def _spawn(args: list[str], prefix: str, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=BOOTSTRAP,
-               CDR_KAFKA_PARTITIONS=str(PARTITIONS))
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=env, cwd=ROOT,
+def _spawn(args: list[str], prefix: str, log: Path, tree: Path = ROOT,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`cdr-pipeline ARGS` from the source tree `tree` (another tree: a baseline, e.g.
+    `git archive HEAD` unpacked; `python -m` puts its folder first on the path), with
+    `env` added to the environment."""
+    full = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=BOOTSTRAP,
+                CDR_KAFKA_PARTITIONS=str(PARTITIONS), **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=full, cwd=tree,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -103,8 +121,18 @@ def _end_offsets(topic: str) -> int:
 # codec (pipeline/avro/compiled.py), several times faster (bench/codec_bench.py).
 
 
-def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
-    """consume + decode + core + encode + produce; returns (events/s, CDRs)."""
+@dataclass
+class Throughput:
+    """One correlator's run through the prefilled topic."""
+
+    rate: float  # events/s, wall clock
+    per_cpu_s: float  # events per CPU-second of its process (all its threads)
+    cdrs: int = 0
+
+
+def bare_correlator(src: str, dst: str, total: int) -> Throughput:
+    """consume + decode + core + encode + produce, in this process (its CPU from /proc:
+    librdkafka's threads included)."""
     config = load_config(CONFIG)
     consumer = _consumer(f"bench-bare-{uuid.uuid4().hex[:6]}")
     _assign_all(consumer, src)
@@ -113,6 +141,7 @@ def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
     correlators: dict[int, Correlator] = {}
     seen = cdrs = 0
     started = time.perf_counter()
+    cpu_started = proc_cpu_s(os.getpid())
     while seen < total:
         for msg in consumer.consume(num_messages=2000, timeout=1.0):
             if msg.error():
@@ -133,8 +162,9 @@ def bare_correlator(src: str, dst: str, total: int) -> tuple[float, int]:
             producer.poll(0)
     producer.flush(60)
     elapsed = time.perf_counter() - started
+    cpu = proc_cpu_s(os.getpid()) - cpu_started
     consumer.close()
-    return total / elapsed, cdrs
+    return Throughput(total / elapsed, total / max(cpu, 1e-9), cdrs)
 
 
 def _timestamps_span(topic: str, expected: int) -> float:
@@ -154,20 +184,111 @@ def _timestamps_span(topic: str, expected: int) -> float:
     return ((last or 0) - (first or 0)) / 1000
 
 
-def faust_correlator(prefix: str, total_events: int, expected_cdrs: int, workdir: Path) -> float:
-    """events/s through one worker: all events over the span of its output timestamps."""
-    proc = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}corr",
-                   "--data-dir", str(workdir / "faust")], prefix, workdir / "worker.log")
+def faust_correlator(prefix: str, total_events: int, expected_cdrs: int, workdir: Path,
+                     app_id: str = "corr", tree: Path = ROOT,
+                     env: dict[str, str] | None = None) -> WorkerRun:
+    """One worker through the prefilled topic: events/s over the span of its output
+    timestamps, and events per CPU-second of its process while it worked (/proc, all
+    threads; from the last look at its counters before its first record to the first
+    after its last)."""
+    port = _free_port()
+    proc = _spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}{app_id}",
+                   "--data-dir", str(workdir / f"faust-{app_id}"), "--metrics-port", str(port)],
+                  prefix, workdir / f"worker-{app_id}.log", tree, env)
     try:
+        run = watch_worker(proc, port, total_events, workdir / f"worker-{app_id}.log")
         deadline = time.monotonic() + 600
         while _end_offsets(f"{prefix}cdrs") < expected_cdrs:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"worker did not finish; see {workdir / 'worker.log'}")
+                raise SystemExit(f"worker did not finish; see {workdir / f'worker-{app_id}.log'}")
             time.sleep(0.5)  # polling the output topic's end offsets
     finally:
         _stop(proc)
     span = _timestamps_span(f"{prefix}cdrs", expected_cdrs)
-    return total_events / span if span > 0 else float("inf")
+    run.rate = total_events / span if span > 0 else float("inf")
+    return run
+
+
+@dataclass
+class WorkerRun:
+    """A worker's run through `events` records of a prefilled topic."""
+
+    events: int
+    cpu_s: float  # CPU seconds of the process (all threads) while it worked
+    wall_s: float  # seconds between the two looks at its counters
+    threads: dict[str, float]  # CPU seconds per thread name while it worked
+    rate: float = 0.0  # events/s over the span of its output (set by faust_correlator)
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.events / max(self.cpu_s, 1e-9)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_records(port: int) -> int | None:
+    """Records the worker has folded so far (its cdr_worker_events_total, every kind);
+    None while its metrics endpoint does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("cdr_worker_events_total{")))
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread of a process, by "name/tid" (Python names no OS thread:
+    the main thread is the one whose tid is the pid)."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = "main" if tid == str(pid) else f"{head.split('(', 1)[1]}/{tid}"
+        fields = rest.split()
+        out[name] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+WATCH_S = 0.1  # how often a worker's counters and CPU are looked at
+
+
+def watch_worker(proc: subprocess.Popen[bytes], port: int, total: int, log: Path,
+                 timeout_s: float = 600) -> WorkerRun:
+    """Until the worker has folded `total` records: its CPU (/proc) and time from the
+    last look before its first record to the first look after its last. Its start-up
+    (imports, joining the group) is not in it; a look every WATCH_S costs it a metrics
+    request (well under a millisecond)."""
+    deadline = time.monotonic() + timeout_s
+    before: tuple[float, float, dict[str, float]] | None = None
+    started = False
+    while True:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit(f"worker did not fold {total} records; see {log}")
+        now, cpu, threads = time.perf_counter(), proc_cpu_s(proc.pid), thread_cpu_s(proc.pid)
+        done = worker_records(port)
+        if done is not None and done >= total:
+            break
+        if not started and not done:
+            before = (now, cpu, threads)
+        started = started or bool(done)
+        time.sleep(WATCH_S)  # polling the worker's counters
+    assert before is not None
+    used = {name: sec - before[2].get(name, 0.0) for name, sec in threads.items()}
+    return WorkerRun(done, cpu - before[1], now - before[0],
+                     {k: v for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0})
 
 
 def bare_sink(topic: str, total: int, backend: Any, database: str) -> float:
@@ -227,7 +348,8 @@ def service_sink(prefix: str, topic: str, database: str, workdir: Path) -> float
 
 
 def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path,
-            workers: int = 1, sink_batch_s: float = 0.5) -> LatencyRun:
+            workers: int = 1, sink_batch_s: float = 0.5, tree: Path = ROOT,
+            env: dict[str, str] | None = None) -> LatencyRun:
     """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
     until its call's first CDR is on the cdrs topic and until it is in ClickHouse."""
     config = load_config(CONFIG)
@@ -239,15 +361,23 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                                  final_tick=False)
                if not isinstance(i, Tick)]
     procs = [_spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
-                     "--data-dir", str(workdir / f"faust-lat-{n}")], prefix, workdir / f"worker-lat-{n}.log")
+                     "--data-dir", str(workdir / f"faust-{prefix}lat-{n}")], prefix,
+                    workdir / f"worker-{prefix}lat-{n}.log", tree, env)
              for n in range(workers)]
     sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
                    "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", str(sink_batch_s)], prefix,
-                  workdir / "sink-lat.log")
+                  workdir / f"sink-{prefix}lat.log")
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
     _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])
     _wait_quiet()
+    parts = {"worker": [p.pid for p in procs], "sink": [sink.pid],
+             "publisher (this benchmark)": [os.getpid()]}
+    # What the servers use with the pipeline connected and idle (and whatever else runs on
+    # the machine): the share of the run above it is the traffic's.
+    idle_at = _cpu_seconds(parts)
+    time.sleep(IDLE_S)  # sampling the servers' idle CPU
+    idle = {k: (v - idle_at.get(k, 0.0)) / IDLE_S for k, v in _cpu_seconds(parts).items()}
     hangup_at: dict[str, float] = {}  # wall clock (epoch s) when each HANGUP was handed to the producer
     stored_at: dict[str, float] = {}
     stop = threading.Event()
@@ -257,7 +387,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                          "linger.ms": 5, "partitioner": "murmur2_random"})
     topic = f"{prefix}call-events"
     started = time.perf_counter()
-    cpu_at_start = _cpu_seconds()
+    cpu_at_start = _cpu_seconds(parts)
     sent = 0
     while sent < len(records):
         # Every millisecond or so, whatever is due by then: a steady rate without a
@@ -270,7 +400,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         sent = due
         producer.poll(0.001)
     achieved = len(records) / (time.perf_counter() - started)
-    cpu = {name: used - cpu_at_start.get(name, 0.0) for name, used in _cpu_seconds().items()}
+    cpu = {name: used - cpu_at_start.get(name, 0.0) for name, used in _cpu_seconds(parts).items()}
     producer.flush(30)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(stored_at) < len(hangup_at):
@@ -281,14 +411,14 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         _stop(worker)
     _stop(sink)
     on_topic = _first_cdr_times(f"{prefix}cdrs", set(hangup_at))
-    with (workdir / "latency.json").open("w") as out:  # for a closer look: per call, in publish order
+    with (workdir / f"latency-{prefix}.json").open("w") as out:  # for a closer look: per call, in publish order
         json.dump([{"call_id": c, "hangup_at": t, "on_topic": on_topic.get(c), "stored": stored_at.get(c)}
                    for c, t in sorted(hangup_at.items(), key=lambda kv: kv[1])], out)
     return LatencyRun(
         published=len(records), achieved_rate=achieved,
         to_topic=sorted(on_topic[c] - t for c, t in hangup_at.items() if c in on_topic),
         to_clickhouse=sorted(stored_at[c] - t for c, t in hangup_at.items() if c in stored_at),
-        calls=len(hangup_at), cpu_s=cpu, seconds=len(records) / achieved,
+        calls=len(hangup_at), cpu_s=cpu, seconds=len(records) / achieved, idle_cores=idle,
     )
 
 
@@ -326,7 +456,10 @@ class LatencyRun:
     to_clickhouse: list[float]  # seconds, HANGUP handed to the producer -> CDR seen in ClickHouse
     cpu_s: dict[str, float]  # CPU seconds per process kind while the traffic was published
     seconds: float  # how long publishing took
+    idle_cores: dict[str, float]  # cores per process kind just before, the pipeline idle
 
+
+IDLE_S = 5.0  # how long the servers' idle CPU is sampled before a latency run
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -358,18 +491,47 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def _cpu_seconds() -> dict[str, float]:
-    """CPU seconds (user + system) used so far, summed per kind of process on this
-    machine: the worker(s), the sink, the broker, ClickHouse, this benchmark."""
-    kinds = {"pipeline.cli worker": "worker", "pipeline.cli sink": "sink",
-             "kafka.Kafka": "broker", "clickhouse-server": "clickhouse",
-             "stream_bench.py": "publisher (this benchmark)"}
-    out: dict[str, float] = {}
-    for pid, cmdline in _cmdlines():
-        kind = next((k for marker, k in kinds.items() if marker in cmdline), None)
-        if kind is not None:
-            out[kind] = out.get(kind, 0.0) + proc_cpu_s(pid)
-    return out
+def listening_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1/0.0.0.0:`port` (TCP), None if none is seen.
+    Other stacks may run beside this one (a secured broker, a ClickHouse cluster): only
+    the servers this benchmark talks to are measured."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def _servers() -> dict[str, list[int]]:
+    """The broker and the ClickHouse server this benchmark uses, by their ports."""
+    ports = {"broker": int(BOOTSTRAP.rsplit(":", 1)[1]),
+             "clickhouse": int(CH_URL.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])}
+    found = {kind: listening_pid(port) for kind, port in ports.items()}
+    return {kind: [pid] for kind, pid in found.items() if pid is not None}
+
+
+def _cpu_seconds(parts: dict[str, list[int]] | None = None) -> dict[str, float]:
+    """CPU seconds (user + system) used so far per part: the broker and ClickHouse (by
+    their ports), and the processes of `parts` (kind -> pids)."""
+    every = {**_servers(), **(parts or {})}
+    return {kind: sum(proc_cpu_s(pid) for pid in pids) for kind, pids in every.items()}
 
 
 # Background work the servers do after earlier runs (the broker compacting the changelogs
@@ -448,12 +610,137 @@ def _first_cdr_times(topic: str, calls: set[str]) -> dict[str, float]:
     return first
 
 
+@dataclass
+class Variant:
+    """A worker to measure: its source tree and environment (settings as CDR_WORKER_*)."""
+
+    label: str
+    tree: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """This tree's worker, then a baseline tree's (--baseline-tree), then this tree's with
+    each --variant-env."""
+    out = [Variant("worker")]
+    if args.baseline_tree:
+        out.append(Variant(f"baseline {args.baseline_tree}", Path(args.baseline_tree).resolve()))
+    for spec in args.variant_env:
+        env = dict(pair.split("=", 1) for pair in spec.split(","))
+        out.append(Variant(f"worker {spec}", ROOT, env))
+    return out
+
+
+def changelog_stats(topic: str) -> tuple[int, int, int, int]:
+    """(records, tombstones, value bytes, largest value) of a changelog topic."""
+    consumer = _consumer(f"bench-changelog-{uuid.uuid4().hex[:6]}")
+    end = sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+              for p in range(PARTITIONS))
+    _assign_all(consumer, topic)
+    records = tombstones = size = largest = 0
+    while records < end:
+        msgs = consumer.consume(num_messages=5000, timeout=2.0)
+        if not msgs:
+            break
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            records += 1
+            value = msg.value()
+            if value is None:
+                tombstones += 1
+            else:
+                size += len(value)
+                largest = max(largest, len(value))
+    consumer.close()
+    return records, tombstones, size, largest
+
+
+def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[Variant],
+               backend: Any, dbs: list[str]) -> list[str]:
+    """The correlators and the sinks on a prefilled topic; returns the topics it made."""
+    config = load_config(CONFIG)
+    items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
+                          start_ms=1_764_000_000_000, faults=FaultMix()))
+    made = [f"{prefix}bare-cdrs"]
+    ensure_topics(BOOTSTRAP, [TopicSpec(made[0], PARTITIONS, 1, {})])
+    with SwitchPublisher(BOOTSTRAP, f"{prefix}call-events") as pub:
+        publish(items, pub)
+    total = _end_offsets(f"{prefix}call-events")
+    print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
+    bare = bare_correlator(f"{prefix}call-events", made[0], total)
+    print("correlator (one process; CPU: /proc, the process's every thread):")
+    print(f"  bare chain (consume+decode+core+encode+produce) {bare.rate:>10,.0f} events/s"
+          f" {bare.per_cpu_s:>10,.0f} events per CPU-second")
+    for n, variant in enumerate(runs):
+        # The first worker reads the topic the bare chain read; each further one a copy of
+        # it under a prefix of its own (same records, same partitions), so its output
+        # topics are its own.
+        vprefix = prefix if n == 0 else f"{prefix}v{n}-"
+        if n:
+            specs = default_topic_specs(vprefix, PARTITIONS, 1)
+            ensure_topics(BOOTSTRAP, specs)
+            made += [s.name for s in specs]
+            with SwitchPublisher(BOOTSTRAP, f"{vprefix}call-events") as pub:
+                publish(items, pub)
+        app = f"corr{n}"
+        made += worker_topics(f"{vprefix}{app}")
+        run = faust_correlator(vprefix, total, bare.cdrs, workdir, app, variant.tree, variant.env)
+        writes, tombs, size, largest = changelog_stats(f"{vprefix}{app}-calls-changelog")
+        threads = ", ".join(f"{name} {sec / run.cpu_s:.0%}" for name, sec in
+                            list(run.threads.items())[:4])
+        print(f"  {variant.label:<48}{run.rate:>10,.0f} events/s"
+              f" {run.per_cpu_s:>10,.0f} events per CPU-second"
+              f"   = {run.rate / bare.rate:.2f} x bare wall, {run.per_cpu_s / bare.per_cpu_s:.2f}"
+              f" x bare per CPU-second")
+        print(f"      {run.cpu_s:.2f} CPU-s over {run.wall_s:.2f} s ({run.cpu_s / run.wall_s:.2f}"
+              f" cores; threads: {threads}); changelog {writes} writes"
+              f" ({writes / total:.2f} a record, {tombs} tombstones),"
+              f" {size / max(1, writes - tombs):,.0f} bytes a value, largest {largest:,}")
+    bare_sink_rate = bare_sink(f"{prefix}cdrs", bare.cdrs, backend, dbs[0])
+    sink_rate = service_sink(prefix, f"{prefix}cdrs", dbs[1], workdir)
+    print(f"sink ({bare.cdrs} CDR versions):")
+    print(f"  bare chain (consume+decode+columnar insert)     {bare_sink_rate:>10,.0f} rows/s")
+    print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
+          f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
+    return made
+
+
+def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun) -> float | None:
+    """Print one latency run; returns its p99 to ClickHouse (None: no CDR got there)."""
+    print(f"latency at {args.rate:,.0f} events/s, {args.latency_workers} worker(s), "
+          f"{variant.label}: published {lat.published} events at {lat.achieved_rate:,.0f}/s, "
+          f"{lat.calls} calls")
+    print("  CPU while publishing, in cores (2 on this machine): " + ", ".join(
+        f"{kind} {used / lat.seconds:.2f}" for kind, used in
+        sorted(lat.cpu_s.items(), key=lambda kv: -kv[1])))
+    per_k = lat.achieved_rate / 1000
+    print("  per 1,000 events/s, in cores: " + ", ".join(
+        f"{kind} {lat.cpu_s.get(kind, 0.0) / lat.seconds / per_k:.3f}"
+        for kind in ("broker", "worker", "clickhouse", "sink")))
+    above = {kind: lat.cpu_s.get(kind, 0.0) / lat.seconds - lat.idle_cores.get(kind, 0.0)
+             for kind in ("broker", "clickhouse")}
+    print("  above their idle just before (" + ", ".join(
+        f"{kind} {lat.idle_cores.get(kind, 0.0):.2f}" for kind in above) + " cores), per "
+        "1,000 events/s: " + ", ".join(f"{kind} {v / per_k:.3f}" for kind, v in above.items()))
+    for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
+                          ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
+        if values:
+            p50 = statistics.median(values)
+            p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+            print(f"  {label}: p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms, "
+                  f"{len(values)} of {lat.calls} calls")
+    values = lat.to_clickhouse
+    return values[min(len(values) - 1, int(len(values) * 0.99))] if values else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s for the latency run")
     ap.add_argument("--latency-s", type=float, default=30.0)
-    ap.add_argument("--latency-only", action="store_true", help="skip the two throughput runs")
+    ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument("--throughput-only", action="store_true", help="skip the latency runs")
     ap.add_argument("--latency-workers", type=int, default=1,
                     help="workers (one consumer group) in the latency run")
     ap.add_argument("--sink-batch-seconds", type=float, default=0.5,
@@ -461,76 +748,52 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="latency runs, each with fresh topics, processes and database; "
                          "p99 moves from run to run")
+    ap.add_argument("--baseline-tree", type=Path,
+                    help="also measure the worker of this source tree (e.g. `git archive HEAD`"
+                         " unpacked), in the same run: the before of a change")
+    ap.add_argument("--variant-env", action="append", default=[], metavar="K=V[,K=V]",
+                    help="also measure this tree's worker with these environment variables "
+                         "(e.g. CDR_WORKER_CHANGELOG_FORMAT=json); repeatable")
     args = ap.parse_args()
+    runs = variants(args)
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
     workdir = ROOT / "out" / f"bench-{run}"
     workdir.mkdir(parents=True, exist_ok=True)
     specs = default_topic_specs(prefix, PARTITIONS, 1)
     ensure_topics(BOOTSTRAP, specs)
-    bare_dst = f"{prefix}bare-cdrs"
-    ensure_topics(BOOTSTRAP, [specs[1].__class__(bare_dst, PARTITIONS, 1, {})])
+    leftovers = [s.name for s in specs]
     backend, _ = open_backend(CH_URL + "default")
-    dbs = [f"bench{run}_bare", f"bench{run}_sink"] + [f"bench{run}_lat{i}" for i in range(args.repeat)]
-    lat_prefixes = [f"{prefix}l{i}-" for i in range(args.repeat)]
+    # Each repeat runs every variant, interleaved: fresh topics, processes, database each.
+    lat_runs = [] if args.throughput_only else [
+        (n, variant, f"{prefix}l{i}v{n}-", f"bench{run}_lat{i}v{n}")
+        for i in range(args.repeat) for n, variant in enumerate(runs)]
+    dbs = [f"bench{run}_bare", f"bench{run}_sink"] + [db for _, _, _, db in lat_runs]
     for db in dbs:
         migrate(backend, db)
     try:
         if not args.latency_only:
-            config = load_config(CONFIG)
-            items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
-                                  start_ms=1_764_000_000_000, faults=FaultMix()))
-            with SwitchPublisher(BOOTSTRAP, f"{prefix}call-events") as pub:
-                publish(items, pub)
-            total = _end_offsets(f"{prefix}call-events")
-            print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
-
-            bare_rate, cdrs = bare_correlator(f"{prefix}call-events", bare_dst, total)
-            faust_rate = faust_correlator(prefix, total, cdrs, workdir)
-            print("correlator (one process):")
-            print(f"  bare chain (consume+decode+core+encode+produce) {bare_rate:>10,.0f} events/s")
-            print(f"  Faust worker                                    {faust_rate:>10,.0f} events/s"
-                  f"   = {faust_rate / bare_rate:.2f} x bare (goal >= 0.33)")
-
-            bare_sink_rate = bare_sink(f"{prefix}cdrs", cdrs, backend, dbs[0])
-            sink_rate = service_sink(prefix, f"{prefix}cdrs", dbs[1], workdir)
-            print(f"sink ({cdrs} CDR versions):")
-            print(f"  bare chain (consume+decode+columnar insert)     {bare_sink_rate:>10,.0f} rows/s")
-            print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
-                  f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
-
-        p99s: list[float] = []
-        for lat_prefix, database in zip(lat_prefixes, dbs[2:], strict=True):
-            ensure_topics(BOOTSTRAP, default_topic_specs(lat_prefix, PARTITIONS, 1))
+            leftovers += throughput(args, prefix, workdir, runs, backend, dbs)
+        p99s: dict[int, list[float]] = {}
+        for n, variant, lat_prefix, database in lat_runs:
+            lat_specs = default_topic_specs(lat_prefix, PARTITIONS, 1)
+            ensure_topics(BOOTSTRAP, lat_specs)
+            leftovers += [s.name for s in lat_specs] + worker_topics(f"{lat_prefix}lat")
             lat = latency(lat_prefix, args.rate, args.latency_s, database, workdir,
-                          args.latency_workers, args.sink_batch_seconds)
-            print(f"latency at {args.rate:,.0f} events/s, {args.latency_workers} worker(s): "
-                  f"published {lat.published} events at {lat.achieved_rate:,.0f}/s, {lat.calls} calls")
-            print("  CPU while publishing, in cores (2 on this machine): " + ", ".join(
-                f"{kind} {used / lat.seconds:.2f}" for kind, used in
-                sorted(lat.cpu_s.items(), key=lambda kv: -kv[1])))
-            for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
-                                  ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
-                if values:
-                    p50 = statistics.median(values)
-                    p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-                    print(f"  {label}: p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms, "
-                          f"{len(values)} of {lat.calls} calls (goal p99 < 2000 ms)")
-            if lat.to_clickhouse:
-                values = lat.to_clickhouse
-                p99s.append(values[min(len(values) - 1, int(len(values) * 0.99))])
-        if len(p99s) > 1:
-            p99s.sort()
-            print(f"p99 HANGUP -> CDR in ClickHouse over {len(p99s)} runs: min {p99s[0] * 1000:,.0f} ms, "
-                  f"median {statistics.median(p99s) * 1000:,.0f} ms, max {p99s[-1] * 1000:,.0f} ms; "
-                  f"{sum(p < 2.0 for p in p99s)} of {len(p99s)} under 2000 ms")
+                          args.latency_workers, args.sink_batch_seconds, variant.tree, variant.env)
+            p99 = report_latency(args, variant, lat)
+            if p99 is not None:
+                p99s.setdefault(n, []).append(p99)
+        for n, values in p99s.items():
+            if len(values) > 1:
+                values.sort()
+                print(f"p99 HANGUP -> CDR in ClickHouse, {runs[n].label}, over {len(values)} runs: "
+                      f"min {values[0] * 1000:,.0f} ms, median {statistics.median(values) * 1000:,.0f}"
+                      f" ms, max {values[-1] * 1000:,.0f} ms; {sum(p < 1.0 for p in values)} of "
+                      f"{len(values)} under 1000 ms")
     finally:
         for db in dbs:
             backend.execute(f"DROP DATABASE IF EXISTS {db}")
-        leftovers = [s.name for s in specs] + [bare_dst] + worker_topics(f"{prefix}corr")
-        for lat_prefix in lat_prefixes:
-            leftovers += [s.name for s in default_topic_specs(lat_prefix, PARTITIONS, 1)]
-            leftovers += worker_topics(f"{lat_prefix}lat")
         delete_topics(BOOTSTRAP, leftovers)
         print(f"logs: {workdir}")
 

@@ -26,7 +26,7 @@ from pipeline.worker import faust_compat
 from pipeline.worker.driver import Driver
 from pipeline.worker.handoff import Handoff
 from pipeline.worker.lean import LeanMonitor
-from pipeline.worker.produce import BatchSender
+from pipeline.worker.produce import MAX_BATCH_BYTES, BatchSender
 from pipeline.worker.record_path import RecordPath
 from pipeline.worker.table_store import TableWriter
 
@@ -51,12 +51,13 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         # Batch produce requests (CDRs and changelog): without linger aiokafka sends
         # a request for every few records.
         producer_linger=0.02,
-        producer_max_batch_size=512 * 1024,
+        producer_max_batch_size=MAX_BATCH_BYTES,
         producer_compression_type=None if worker.compression == "none" else worker.compression,
         broker_max_poll_records=2000,
         stream_buffer_maxsize=HANDOFF_MAX,
         web_enabled=False,
         table_cleanup_interval=3600.0,
+        table_standby_replicas=worker.standby_replicas,
         # Faust's default, kept on purpose: a rebalance waits until the batches being
         # processed are finished (and flushed) before the partitions are given up, so no
         # state change reaches a changelog partition another worker already owns.
@@ -64,18 +65,20 @@ def create_app(settings: Settings, config: BillingConfig) -> faust.App:
         consumer_auto_offset_reset="earliest",
         monitor=LeanMonitor(),
     )
-    # Subscribed through Faust's conductor as an agent's topic would be; its records
-    # reach the correlator through the handoff, not through Faust's stream delivery.
+    # Subscribed through Faust's conductor as an agent's topic would be (the consumer
+    # subscribes to it and Faust assigns it); its records reach the correlator through
+    # the handoff, taken from the consumer's fetches (installed at the assignment).
     app.topics.add(app.topic(kafka.call_events, key_serializer="raw", value_serializer="raw"))
     handoff = Handoff(app, kafka.call_events, maxsize=HANDOFF_MAX)
-    faust_compat.intercept_messages(app, handoff.wrap)
     dlq_topic = app.topic(kafka.dlq, key_serializer="raw", value_serializer="raw")
-    # Keys are call ids (str), values {"p": partition, "s": CallState.to_dict()}; both
-    # JSON in the changelog topic <app_id>-calls-changelog.
-    table = app.Table(CALLS_TABLE, default=None, partitions=kafka.partitions)
+    # Keys are call ids as JSON strings; values the call's state and partition in
+    # worker.changelog_format (changelog.py), bytes Faust neither encodes nor decodes.
+    table = app.Table(CALLS_TABLE, default=None, partitions=kafka.partitions,
+                      value_type=bytes)  # value_serializer "raw"
     sender = BatchSender(partial(faust_compat.aiokafka_producer, app.producer))
-    driver = Driver(app, settings, RecordPath(config, table.values), handoff, sender,
-                    TableWriter(table, sender), dlq_topic)
+    path = RecordPath(config, table.values, worker.changelog_format)
+    table_writer = TableWriter(table, sender, worker.changelog_compression)
+    driver = Driver(app, settings, path, handoff, sender, table_writer, dlq_topic)
     # Faust sends these signals with the partitions as the one positional argument (its
     # signal type asks for handlers taking any positional arguments).
     app.on_partitions_revoked.connect(driver.on_revoked)  # type: ignore[arg-type]

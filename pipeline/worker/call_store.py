@@ -1,69 +1,68 @@
 """One partition's calls as the billing core's store, and its changes as table writes.
 
-The core's Correlator wants a MutableMapping[str, CallState]. Reads come from a
-plain dict of the partition's calls (fast, no deserialisation per event). Writes are
-collected, and `drain` gives each changed call once as a TableWrite: the value of
-the Faust table `calls` ({"p": partition, "s": CallState.to_dict()}, None for a
-forgotten call) and the changelog record that carries it, in the table's JSON. The
-worker's driver puts them into the Faust table's store and onto the changelog
-(table_store.TableWriter). Each table value carries its partition ("p"), so a worker
-can rebuild one partition's calls from the recovered table (`load`).
+The core's Correlator wants a MutableMapping[str, CallState]. This is a dict of the
+partition's calls, so reads cost what a dict's do. Writes are collected, and `drain`
+gives each changed call once as a TableWrite: the value of the Faust table `calls`
+(changelog.py: the call's state and its partition, in the configured format; None for
+a forgotten call) and the changelog record that carries it. The worker's driver puts
+them into the Faust table's store and onto the changelog (table_store.TableWriter).
+Each value carries its partition, so a worker can rebuild one partition's calls from
+the recovered table (`load`), whichever format wrote them.
 
 No Faust here: the record path and its unit tests use this without a broker.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-import orjson
-
 from pipeline.core.state import CallState
+from pipeline.worker import changelog
 from pipeline.worker.produce import Record
 
 
 class TableWrite(NamedTuple):
     call_id: str
-    value: dict[str, Any] | None  # the table's value; None deletes the call
-    record: Record  # the changelog record: JSON key, JSON value or a tombstone
+    value: bytes | None  # the table's value (changelog.py); None deletes the call
+    record: Record  # the changelog record: JSON key, the value or a tombstone
 
 
-class CallStore(MutableMapping[str, CallState]):
-    def __init__(self, partition: int) -> None:
+class CallStore(dict[str, CallState]):
+    """A dict of the partition's calls (the Correlator's reads are the dict's own, in
+    C), which records what is written or deleted through `store[k] = v` and `del`."""
+
+    def __init__(self, partition: int, changelog_format: str = "compact") -> None:
+        super().__init__()
         self.partition = partition
-        self._cache: dict[str, CallState] = {}
+        self._encode: Callable[[int, CallState], bytes] = changelog.encoder(changelog_format)
         self._changed: dict[str, CallState | None] = {}  # None: deleted
 
     def load(self, table_values: Iterable[Any]) -> None:
-        """Fill the store with this partition's calls from the (recovered) table's values."""
-        self._cache.clear()
+        """Fill the store with this partition's calls from the (recovered) table's
+        values, in either changelog format."""
+        self.clear()
         self._changed.clear()
+        partition, decode, put = self.partition, changelog.decode_of, super().__setitem__
         for value in table_values:
-            if isinstance(value, dict) and value.get("p") == self.partition:
-                state = CallState.from_dict(value["s"])
-                self._cache[state.call_id] = state
-
-    def __getitem__(self, call_id: str) -> CallState:
-        return self._cache[call_id]
-
-    def get(self, call_id: str, default: Any = None) -> Any:
-        return self._cache.get(call_id, default)
+            state = decode(value, partition) if value else None
+            if state is not None:
+                put(state.call_id, state)
 
     def __setitem__(self, call_id: str, state: CallState) -> None:
-        self._cache[call_id] = state
+        super().__setitem__(call_id, state)
         self._changed[call_id] = state
 
     def __delitem__(self, call_id: str) -> None:
-        del self._cache[call_id]
+        super().__delitem__(call_id)
         self._changed[call_id] = None
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._cache)
+    def _unrecorded(self, *_: Any, **__: Any) -> Any:
+        raise TypeError("CallStore records only `store[call_id] = state` and "
+                        "`del store[call_id]` as changes")
 
-    def __len__(self) -> int:
-        return len(self._cache)
+    # Writes a dict has that would not be recorded (and so never reach the changelog).
+    pop = popitem = setdefault = update = _unrecorded
 
     @property
     def pending(self) -> int:
@@ -71,29 +70,16 @@ class CallStore(MutableMapping[str, CallState]):
         return len(self._changed)
 
     def drain(self) -> list[TableWrite]:
-        """Each call changed since the last drain, once, as a table write; then none.
-
-        Keys and values are the table's JSON, encoded here rather than through Faust's
-        serializer registry (same decoded values; tests check Faust reads them back).
-        """
+        """Each call changed since the last drain, once, as a table write; then none."""
         if not self._changed:
             return []
-        partition = self.partition
-        dump_key, dump_value = _dump_key, orjson.dumps
+        partition, encode, key = self.partition, self._encode, changelog.encode_key
         writes = []
         for call_id, state in self._changed.items():
-            if state is None:
-                writes.append(TableWrite(call_id, None, (dump_key(call_id).encode(), None, [])))
-            else:
-                value = {"p": partition, "s": state.to_dict()}
-                writes.append(TableWrite(call_id, value,
-                                         (dump_key(call_id).encode(), dump_value(value), [])))
+            value = None if state is None else encode(partition, state)
+            writes.append(TableWrite(call_id, value, (key(call_id), value, NO_HEADERS)))
         self._changed.clear()
         return writes
 
 
-# Keys as the json module writes them (non-ASCII escaped): a changelog is compacted by
-# key bytes, so a key must keep one byte form across versions. Values only need to
-# decode to the same JSON; orjson writes them about ten times faster than json (half
-# of the cost of a table write was json, the other half CallState.to_dict).
-_dump_key = json.JSONEncoder(separators=(",", ":")).encode
+NO_HEADERS: list[tuple[str, bytes]] = []  # a changelog record's: shared, never appended to

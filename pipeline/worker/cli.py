@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ def ensure_pipeline_topics(settings: Any) -> None:
 
     kafka = settings.kafka
     specs = default_topic_specs(kafka.topic_prefix, kafka.partitions, kafka.replication_factor)
-    created = ensure_topics(kafka.bootstrap, specs)
+    created = ensure_topics(kafka, specs)
     if created:
         log.info("created topics %s", ", ".join(created))
 
@@ -53,8 +56,35 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(args.faust_loglevel.upper())
     worker = faust.Worker(app, loglevel=args.faust_loglevel, quiet=True, redirect_stdouts=False,
                           override_logging=False)
-    worker.execute_from_commandline()
+    with _profiled(os.environ.get(PROFILE_ENV, "").replace("{pid}", str(os.getpid()))):
+        worker.execute_from_commandline()
     return 0
+
+
+# Set to a file path ("{pid}" in it: the process id), the worker runs under cProfile
+# (timed by the main thread's CPU clock) and writes its statistics there when it stops
+# (bench/worker_bench.py reads them). The main thread only: aiokafka's consumer thread
+# is not in it (bench/worker_bench.py reports that thread's CPU from /proc).
+PROFILE_ENV = "CDR_WORKER_PROFILE"
+
+
+@contextmanager
+def _profiled(path: str) -> Iterator[None]:
+    if not path:
+        yield
+        return
+    import cProfile
+    import time
+
+    # Timed by the main thread's CPU clock: time waiting for records is not counted.
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
+        log.warning("profile of the worker's main thread written to %s", path)
 
 
 def register(sub: Any) -> None:

@@ -38,14 +38,6 @@ BATCH_WITHIN_S = 0.05
 OBSERVE_EVERY_S = 5.0
 
 
-def by_partition(messages: list[Any]) -> dict[int, list[Any]]:
-    """A batch's records per partition, each partition's in offset order."""
-    parts: dict[int, list[Any]] = {}
-    for message in messages:
-        parts.setdefault(message.partition, []).append(message)
-    return parts
-
-
 class Driver:
     def __init__(self, app: Any, settings: Settings, path: RecordPath, handoff: Handoff,
                  sender: BatchSender, table: TableWriter, dlq_topic: Any) -> None:
@@ -71,12 +63,16 @@ class Driver:
         restart folds it again."""
         while True:
             batch = await self._handoff.take(BATCH_MAX, BATCH_WITHIN_S)
-            for partition, records in by_partition(batch).items():
-                await self.process(partition, records)
-            self._handoff.ack(batch)
+            folded = {}
+            for partition, records in batch.by_partition():
+                out = await self.process(partition, records)
+                if out.folded is not None:
+                    folded[partition] = out.folded
+            self._handoff.ack(batch, folded)
 
-    async def process(self, partition: int, records: Sequence[Any]) -> None:
-        """One partition's records of a batch through the record path, and its output out."""
+    async def process(self, partition: int, records: Sequence[Any]) -> PartitionOutput:
+        """One partition's records of a batch through the record path, and its output
+        out; returns the output (its `folded` offsets are to be acknowledged)."""
         path = self._path
         if not path.started(partition):
             resume = await asyncio.get_running_loop().run_in_executor(
@@ -86,7 +82,7 @@ class Driver:
         if out.seek_to is not None:
             await self._send_back(partition, out)
         if out.last is None:
-            return
+            return out
         for letter in out.dead_letters:
             await self._dead_letter(letter)
         self._count(out)
@@ -96,6 +92,7 @@ class Driver:
             event = self._app.create_event(last.key, last.value, last.headers, last)
             await self._table.write(partition, out.changelog, event)
         self._observe(partition, last=out.last)
+        return out
 
     async def on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == self._topic}
@@ -104,16 +101,14 @@ class Driver:
             self._observed_at.pop(partition, None)
 
     async def on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        # Before the assigned partitions are fetched: the handoff takes call-events
+        # records from the consumer's fetches (idempotent, as the two below).
         consumer, worker = self._app.consumer, self._settings.worker
-        events = {tp for tp in assigned if tp.topic == self._topic}
-        faust_compat.forget_read_offsets(consumer, events)
-        faust_compat.ignore_gaps(consumer, self._topic)
+        self._handoff.install(consumer)
         faust_compat.set_fetch_wait(consumer, worker.fetch_wait_ms, worker.fetch_min_bytes)
         faust_compat.deliver_without_tasks(consumer)
 
     async def _send_back(self, partition: int, out: PartitionOutput) -> None:
-        for record in out.refused:
-            faust_compat.refuse(record)
         metrics.OFFSET_GAPS.inc()
         log.warning("%s[%s]: records from offset %s are missing (a stale fetch after a "
                     "rebalance); later records refused, consumer sent back to %s",

@@ -1,11 +1,12 @@
 """Every place the worker reaches into Faust, mode or aiokafka beyond their public API.
 
 The worker needs a few things faust-streaming has no setting for (a shorter fetch
-wait, a fetch loop without two tasks per record, batched table writes, its own
-hand-over of call-events records) and guards against two faust-streaming bugs that
-lose records after a rebalance (docs/streaming.md, "Delivery guarantees"). Each of
-those touches a private attribute or replaces a method, and an upgrade can rename
-or rework any of them. They are all here, and only here
+wait, a fetch loop without two tasks per record, batched table writes, call-events
+records taken from the fetches a batch at a time, with their tracking and
+acknowledgement; which also keeps them away from two faust-streaming bugs that lose
+records after a rebalance, docs/streaming.md, "Delivery guarantees"). Each of those
+touches a private attribute or replaces a method, and an upgrade can rename or rework
+any of them. They are all here, and only here
 (tests/unit/test_faust_fence.py fails on a private attribute of a Faust object
 anywhere else in pipeline/), each with why, what it guards against and the test
 that fails if it breaks.
@@ -27,6 +28,7 @@ Two checks run at import:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import types
 import weakref
@@ -37,7 +39,9 @@ from typing import Any
 
 from faust import streams as faust_streams
 from faust.types import TP
+from faust.types.tuples import ack_lock
 from mode.services import WaitResults
+from mode.utils.futures import notify
 
 from pipeline.errors import PipelineError
 
@@ -119,15 +123,19 @@ def warn_if_untested(installed: Mapping[str, str | None] | None = None) -> list[
 # names, nested functions included): the attribute a patch sets is still the one the
 # library reads.
 HOOKS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("faust.transport.consumer", "Consumer.__init__", ("_read_offset",)),
-    ("faust.transport.consumer", "Consumer._add_gap", ()),
-    ("faust.transport.consumer", "Consumer._drain_messages",
-     ("_read_offset", "_add_gap", "wait_first", "callback")),
+    ("faust.transport.consumer", "Consumer.__init__",
+     ("_acked", "_acked_index", "_committed_offset", "_unacked_messages", "_waiting_for_ack")),
+    ("faust.transport.consumer", "Consumer._wait_next_records", ("_getmany",)),
+    ("faust.transport.consumer", "Consumer.ack",
+     ("_acked", "_acked_index", "_committed_offset", "_unacked_messages", "_waiting_for_ack",
+      "ack_lock")),
+    ("faust.transport.consumer", "Consumer._new_offset", ("_acked", "_acked_index")),
+    ("faust.transport.consumer", "Consumer.wait_empty", ("_unacked_messages",)),
+    ("faust.transport.consumer", "Consumer._drain_messages", ("wait_first", "callback")),
+    ("faust.transport.consumer", "ThreadDelegateConsumer._getmany", ()),
     ("faust.transport.consumer", "ThreadDelegateConsumer.__init__", ("_thread",)),
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._ensure_consumer", ()),
     ("faust.transport.drivers.aiokafka", "Producer._ensure_producer", ()),
-    ("faust.transport.conductor", "Conductor.__init__", ("on_message",)),
-    ("faust.app.base", "App._new_consumer", ("on_message",)),
     ("faust.streams", "current_event", ("_current_event",)),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer.start", ("_fetcher",)),
     ("aiokafka.consumer.fetcher", "Fetcher._get_actions_per_node",
@@ -156,7 +164,7 @@ def missing_hooks(hooks: tuple[tuple[str, str, tuple[str, ...]], ...] = HOOKS) -
         except (ImportError, AttributeError):
             missing.append(f"{module_name}.{qualname} is gone")
             continue
-        code = getattr(target, "__code__", None)
+        code = getattr(inspect.unwrap(target), "__code__", None)  # under its decorators
         absent = [name for name in uses if code is None or name not in _code_names(code)]
         if absent:
             missing.append(f"{module_name}.{qualname} no longer uses {', '.join(absent)}")
@@ -177,75 +185,118 @@ def require_hooks(hooks: tuple[tuple[str, str, tuple[str, ...]], ...] = HOOKS) -
 # -- the consumer ------------------------------------------------------------------------
 
 
-def intercept_messages(app: Any, wrap: Callable[[Deliver], Deliver]) -> None:
-    """Put `wrap(deliver)` between Faust's consumer and its topic conductor.
+class Pending:
+    """Stands in Faust's set of records being processed for a batch the worker has
+    taken (take_batches): Faust's wait before a rebalance (`Consumer.wait_empty`) waits
+    until it is acked, as it waits for an agent's records. Held by the batch: Faust's
+    set holds it weakly."""
 
-    Why: the call-events records go to the correlator's Handoff instead of through
-    Faust's stream delivery (handoff.py), which cost about half of the worker's CPU.
-    Faust has no setting for a consumer callback: the consumer takes the conductor's
-    `on_message` as its callback when it is created (`App._new_consumer`, on the first
-    use of `app.consumer`), so the conductor's attribute is replaced before that.
-    Guards against: wrapping too late, which would leave the handoff without records
-    (refused here). Test: tests/unit/test_worker_lean.py
-    (test_the_worker_app_uses_the_lean_monitor_and_the_handoff).
+    __slots__ = ("__weakref__", "acked", "refcount")
+
+    def __init__(self) -> None:
+        self.acked = False
+        self.refcount = 1  # read by Faust's log line of what wait_empty waits for
+
+
+DeliverBatch = Callable[[int, list[Any]], Awaitable[None]]
+
+
+def take_batches(consumer: Any, topic: str, deliver: DeliverBatch) -> None:
+    """Hand each fetch's records of `topic` to `deliver(partition, records)`, a
+    partition's list at a time, before Faust's fetch loop sees them.
+
+    Why: Faust's fetch loop hands over records one at a time: a Faust Message built per
+    record, the read offset, gap and commit checks, a delivery coroutine and a "flow
+    suspended" wait per record, then tracking and acknowledging each record. For the
+    worker, which folds records in batches, that was more than the billing core's own
+    work per record. This wraps the consumer's `_getmany` (what Faust's fetch loop
+    awaits for each fetch): `topic`'s records (aiokafka ConsumerRecords) are taken out
+    of the fetch and delivered as lists; every other topic's go on to Faust as before.
+    What Faust's loop did for them is kept: records of a fetch that completes after the
+    flow was suspended or the consumer generation changed (a rebalance) are dropped, as
+    Faust drops them (it seeks back to the committed offsets afterwards); only the
+    partitions Faust asked for are delivered; `deliver` may wait for room
+    (back-pressure), which holds the fetch loop as a waiting Faust delivery does.
+    Tracking and acknowledgement are `track_batch` and `ack_offsets`. Faust's read
+    offsets and gap handling never see these records, so its two rebalance bugs that
+    lose records (docs/streaming.md) cannot reach them. Idempotent. Tests:
+    tests/unit/test_worker_handoff.py (a real Faust consumer's `_getmany`).
     """
-    if app._consumer is not None:
-        raise RuntimeError("intercept_messages: Faust's consumer exists already and keeps "
-                           "the callback it was created with")
-    app.topics.on_message = wrap(app.topics.on_message)
-
-
-def refuse(message: Any) -> None:
-    """Mark a record so that Faust never counts it as processed.
-
-    Why: the in-order guard (record_path.py) refuses a record that arrives after
-    missing ones; no commit may pass it. Faust's `Consumer.ack` skips a message already
-    marked acked, so it never enters the acknowledged offsets, and the batch can be
-    acknowledged as a whole. Test: tests/unit/test_worker_handoff.py
-    (test_a_refused_record_holds_the_commit_back).
-    """
-    message.acked = True
-
-
-def forget_read_offsets(consumer: Any, assigned: set[TP]) -> None:
-    """Clear Faust's stale "read offset" of newly assigned partitions.
-
-    Why: Faust's fetch loop (main thread) can record the offset of a message it was
-    delivering when a rebalance suspended the flow after the consumer thread had
-    already cleared the revoked partitions' read offsets. A partition assigned again
-    then keeps that offset, and Faust silently drops every refetched record below it:
-    calls lose events, yet the offsets get committed. Faust sets the read offset again
-    when it seeks to the committed offsets; for a partition without a committed offset
-    it would not. Called from `on_partitions_assigned`, while the flow is still
-    suspended. Test: tests/unit/test_worker_batches.py
-    (test_forget_read_offsets_clears_only_the_assigned_partitions).
-    """
-    read_offsets = consumer._read_offset
-    for tp in assigned:
-        read_offsets.pop(tp, None)
-
-
-def ignore_gaps(consumer: Any, topic: str) -> None:
-    """Stop Faust from counting a jump in `topic`'s offsets as processed.
-
-    Why: Faust's fetch loop treats offsets skipped between two fetched records as done
-    (meant for compacted topics and transaction markers) and commits past them.
-    call-events has neither, so a jump there only means a stale re-fetch after a
-    rebalance; the record path refuses those records and the consumer is sent back
-    (RecordPath's in-order guard), and nothing may be committed past the gap.
-    Idempotent (called at every assignment). Test: tests/unit/test_worker_batches.py
-    (test_ignore_gaps_only_for_the_events_topic).
-    """
-    if getattr(consumer, "_cdr_gaps_ignored", None) == topic:
+    if getattr(consumer, "_cdr_batches_of", None) == topic:
         return
-    add_gap = consumer._add_gap
+    getmany = consumer._getmany
+    app = consumer.app
 
-    async def _add_gap(tp: TP, offset_from: int, offset_to: int) -> None:
-        if tp.topic != topic:
-            await add_gap(tp, offset_from, offset_to)
+    async def _getmany(active_partitions: Any, timeout: float) -> Any:
+        generation = app.consumer_generation_id
+        records = await getmany(active_partitions=active_partitions, timeout=timeout)
+        mine = [tp for tp in records if tp.topic == topic]
+        if not mine:
+            return records
+        deliverable = (consumer.flow_active and app.flow_control.is_active()
+                       and app.consumer_generation_id == generation)
+        for tp in mine:
+            batch = records.pop(tp)
+            if deliverable and (active_partitions is None or tp in active_partitions):
+                await deliver(tp.partition, batch)
+        return records
 
-    consumer._add_gap = _add_gap
-    consumer._cdr_gaps_ignored = topic
+    consumer._getmany = _getmany
+    consumer._cdr_batches_of = topic
+
+
+def track_batch(consumer: Any) -> Pending:
+    """Count a taken batch as being processed, as Faust's `track_message` counts a
+    record; `ack_offsets`, then `finish_batch` when it is finished.
+
+    Why: the batch's records never became Faust Messages (take_batches), and Faust's
+    wait before a rebalance (`stream_wait_empty`) must still wait for it to be written
+    out. Test: tests/unit/test_worker_handoff.py
+    (test_a_taken_batch_holds_the_rebalance_until_done)."""
+    pending = Pending()
+    consumer._unacked_messages.add(pending)
+    return pending
+
+
+def finish_batch(consumer: Any, pending: Pending) -> None:
+    """The batch of `pending` is finished (its offsets acknowledged with ack_offsets)."""
+    with ack_lock:
+        pending.acked = True
+        consumer._unacked_messages.discard(pending)
+    notify(consumer._waiting_for_ack)
+
+
+def ack_offsets(consumer: Any, tp: TP, first: int, end: int) -> int:
+    """Acknowledge the records `first` .. `end - 1` of `tp` as processed; returns how many
+    were newly acknowledged.
+
+    Why: what Faust's `Consumer.ack` does per Message (under Faust's `ack_lock`: an
+    offset below the committed one is ignored, one already acknowledged is not counted
+    twice), for a run of offsets at once. Faust commits an offset only when every
+    offset before it is acknowledged (`_new_offset`), so a record the in-order guard
+    refused, never acknowledged, holds the commit back. Unlike `Consumer.ack` this does
+    not count toward `broker_commit_every`: that count makes Faust's fetch loop commit
+    from inside the loop, which holds every fetch for the commit's duration (1-2 s on a
+    busy broker, a stall in every partition's latency); Faust's commit timer
+    (`broker_commit_interval`) commits. Test:
+    tests/unit/test_worker_handoff.py
+    (test_acknowledged_offsets_are_committable_up_to_the_first_missing_one).
+    """
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        if committed is not None and first < committed:
+            first = committed
+        if first >= end:
+            return 0
+        acked, index = consumer._acked[tp], consumer._acked_index[tp]
+        offsets: Any = range(first, end)
+        # Runs are acknowledged in offset order, so a run after the last one acknowledged
+        # (Faust keeps the list sorted) has none acknowledged already.
+        if acked and first <= acked[-1]:
+            offsets = [offset for offset in offsets if offset not in index]
+        index.update(offsets)
+        acked.extend(offsets)
+        return len(offsets)
 
 
 def set_fetch_wait(consumer: Any, wait_ms: int, min_bytes: int = 1) -> None:

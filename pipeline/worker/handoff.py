@@ -1,39 +1,63 @@
-"""call-events records from Faust's fetch loop to the correlator, a batch at a time.
+"""call-events records from Faust's fetches to the correlator, a batch at a time.
 
-Faust hands each fetched record to its topic conductor, which takes a lock, waits
-on flow control and producer ebb, counts references, builds an Event and puts it
-on the agent's queue; the agent's stream takes it off again, tracks it, buffers it
-for `take_events` and, once the batch is done, acknowledges it through the Event's
-reference count. For a worker that takes its records in batches anyway, that was
-about half of its CPU time per record.
+Faust's fetch loop hands records over one at a time: it builds a Faust Message per
+record, checks its read offset, gaps and commit count, runs a delivery and a "flow
+suspended" wait per record, and an agent's stream then tracks, buffers and
+acknowledges each record. For a worker that folds records in batches anyway, that
+was more CPU per record than the billing core's own work.
 
-`Handoff` replaces that path for the one topic and keeps what it is for:
+`Handoff` takes each fetch's call-events records as lists, a partition's at a time
+(`faust_compat.take_batches` wraps the consumer's fetch), before Faust's fetch loop
+sees them; every other topic goes through Faust as before. It keeps what Faust's
+path is for:
 
-- *Flow control.* A record that arrives while Faust's flow is suspended (a
-  rebalance) is dropped, as Faust's own delivery drops it; Faust seeks back to the
-  committed offsets afterwards. The handoff is one of the queues Faust's flow
-  control clears at a rebalance: records not yet taken are dropped then, as the
-  records in an agent's queue are, and fetched again.
-- *Back-pressure.* At `maxsize` records waiting, delivery waits for room; Faust's
-  fetch loop lets a waiting delivery give way when the flow is suspended.
-- *Acknowledgements.* Records are tracked (Faust's `track_message`) when the
-  correlator takes them, and acknowledged (Faust's `Consumer.ack`) when it has
-  finished them. Faust commits an offset only when every record up to it is
-  acknowledged, and before a rebalance gives partitions up it waits until every
-  tracked record is (`stream_wait_empty`): a batch under way is finished and
-  flushed first, as an agent's is.
-
-Every other topic goes through Faust's conductor as before.
+- *Flow control.* Records of a fetch that completes while Faust's flow is suspended
+  (a rebalance) are dropped, as Faust drops them; Faust seeks back to the committed
+  offsets afterwards. The handoff is one of the queues Faust's flow control clears at
+  a rebalance: records not taken yet are dropped then, as an agent's queue is, and
+  fetched again.
+- *Back-pressure.* With `maxsize` records waiting, a delivery waits for room, and
+  gives way when the flow is suspended (its records are dropped: fetched again).
+- *Acknowledgements.* A taken batch counts as being processed in Faust's consumer
+  (`faust_compat.track_batch`) until the correlator has finished it; then the offsets
+  it folded are acknowledged (`faust_compat.ack_offsets`). Faust commits an offset only
+  when every record up to it is acknowledged, and before a rebalance gives partitions
+  up it waits until every batch being processed is finished (`stream_wait_empty`): a
+  batch under way is written out and flushed first, as an agent's records are.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from typing import Any
 
-Deliver = Callable[[Any], Awaitable[None]]
+from faust.types import TP
+
+from pipeline.worker import faust_compat
+
+
+class Batch:
+    """Records taken together: per partition, its lists in fetch (offset) order."""
+
+    def __init__(self, chunks: list[tuple[int, list[Any]]], pending: Any) -> None:
+        self.chunks = chunks
+        self.pending = pending  # Faust's count of it as being processed
+
+    def __len__(self) -> int:
+        return sum(len(records) for _, records in self.chunks)
+
+    def by_partition(self) -> Iterator[tuple[int, list[Any]]]:
+        """Each partition's records of the batch, in offset order (one list each)."""
+        parts: dict[int, list[Any]] = {}
+        for partition, records in self.chunks:
+            held = parts.get(partition)
+            if held is None:
+                parts[partition] = records
+            else:
+                parts[partition] = held + records
+        return iter(parts.items())
 
 
 class Handoff:
@@ -41,7 +65,8 @@ class Handoff:
         self._app = app
         self._topic = topic
         self._maxsize = maxsize
-        self._records: deque[Any] = deque()
+        self._chunks: deque[tuple[int, list[Any]]] = deque()
+        self._count = 0  # records waiting
         self._arrived = asyncio.Event()  # set while records are waiting
         self._room = asyncio.Event()  # set while fewer than maxsize are waiting
         self._room.set()
@@ -53,64 +78,74 @@ class Handoff:
         app.flow_control.manage_queue(self)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
-    def wrap(self, deliver: Deliver) -> Deliver:
-        """The consumer's callback: records of the topic come here, every other
-        record goes on to `deliver` (Faust's conductor)."""
-        topic = self._topic
-        records = self._records
-        flow_active = self._app.flow_control.is_active
-        arrived = self._arrived
+    def install(self, consumer: Any) -> None:
+        """Take the topic's records from `consumer`'s fetches (idempotent)."""
+        faust_compat.take_batches(consumer, self._topic, self.deliver)
 
-        async def on_message(message: Any) -> None:
-            if message.topic != topic:
-                await deliver(message)
-                return
-            if len(records) >= self._maxsize:
-                await self._wait_for_room()
-            if not flow_active():
-                return  # a rebalance is under way: Faust fetches it again afterwards
-            records.append(message)
-            arrived.set()
-            filled = self._filled
-            if filled is not None and len(records) >= self._fill_to and not filled.done():
-                filled.set_result(None)
+    async def deliver(self, partition: int, records: list[Any]) -> None:
+        """A fetch's records of one partition (in offset order)."""
+        if not records:
+            return
+        app = self._app
+        generation = app.consumer_generation_id
+        if self._count >= self._maxsize and not await self._wait_for_room():
+            return  # the flow was suspended meanwhile: fetched again afterwards
+        if not app.flow_control.is_active() or app.consumer_generation_id != generation:
+            return  # a rebalance is (or was, while waiting) under way: fetched again
+        self._chunks.append((partition, records))
+        self._count += len(records)
+        self._arrived.set()
+        filled = self._filled
+        if filled is not None and self._count >= self._fill_to and not filled.done():
+            filled.set_result(None)
 
-        return on_message
-
-    async def _wait_for_room(self) -> None:
-        while len(self._records) >= self._maxsize:
+    async def _wait_for_room(self) -> bool:
+        """Until there is room (True), or the flow is suspended (False)."""
+        suspended = self._app.consumer.suspend_flow
+        while self._count >= self._maxsize:
+            if suspended.is_set():
+                return False
             self._room.clear()
-            await self._room.wait()
+            room = asyncio.ensure_future(self._room.wait())
+            stop = asyncio.ensure_future(suspended.wait())
+            try:
+                await asyncio.wait((room, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+                stop.cancel()
+        return True
 
     def clear(self) -> None:
         """Drop the records not taken yet (Faust's flow control, at a rebalance)."""
-        self._records.clear()
+        self._chunks.clear()
+        self._count = 0
         self._arrived.clear()
         self._room.set()
 
-    async def take(self, max_records: int, within: float) -> list[Any]:
-        """The next batch: wait for a record, then at most `within` seconds until
-        `max_records` are there; returns up to that many, in arrival order, each
-        tracked by Faust's consumer as being processed."""
-        records = self._records
+    async def take(self, max_records: int, within: float) -> Batch:
+        """The next batch: wait for records, then at most `within` seconds until
+        `max_records` are there; returns the lists delivered first until they hold
+        `max_records` (a list is not split, so a batch may hold a few more), counted by
+        Faust's consumer as being processed."""
         while True:
             await self._arrived.wait()
-            if len(records) < max_records:
+            if self._count < max_records:
                 await self._fill(max_records, within)
-            count = min(len(records), max_records)
-            if count == 0:
-                continue  # cleared by a rebalance meanwhile
-            batch = [records.popleft() for _ in range(count)]
-            if not records:
-                self._arrived.clear()
-            if len(records) < self._maxsize:
-                self._room.set()
-            track = self._app.consumer.track_message
-            for message in batch:
-                track(message)
-            return batch
+            if self._count:
+                break  # else cleared by a rebalance meanwhile
+        waiting, chunks, taken = self._chunks, [], 0
+        while waiting and taken < max_records:
+            chunk = waiting.popleft()
+            chunks.append(chunk)
+            taken += len(chunk[1])
+        self._count -= taken
+        if not waiting:
+            self._arrived.clear()
+        if self._count < self._maxsize:
+            self._room.set()
+        return Batch(chunks, faust_compat.track_batch(self._app.consumer))
 
     async def _fill(self, max_records: int, within: float) -> None:
         loop = asyncio.get_running_loop()
@@ -123,12 +158,14 @@ class Handoff:
             timer.cancel()
             self._filled = None
 
-    def ack(self, batch: list[Any]) -> None:
-        """Acknowledge a finished batch to Faust's consumer. A record the correlator
-        refused (marked acked without being processed) is passed over by Faust."""
-        ack = self._app.consumer.ack
-        for message in batch:
-            ack(message)
+    def ack(self, batch: Batch, folded: dict[int, tuple[int, int]]) -> None:
+        """Finish a batch: acknowledge per partition the offsets it folded, `(first,
+        end)`. A record the correlator refused (after missing ones) is not among them,
+        and holds Faust's commit of its partition back."""
+        consumer, topic = self._app.consumer, self._topic
+        for partition, (first, end) in folded.items():
+            faust_compat.ack_offsets(consumer, TP(topic, partition), first, end)
+        faust_compat.finish_batch(consumer, batch.pending)
 
 
 def _finish(future: asyncio.Future[None]) -> None:

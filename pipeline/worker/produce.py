@@ -20,7 +20,11 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
+
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,15 @@ def exit_on_failure(where: str, exc: BaseException) -> None:
     os._exit(EXIT_DELIVERY_FAILED)
 
 
+# The producer's largest record batch (Faust's producer_max_batch_size, app.py).
+MAX_BATCH_BYTES = 512 * 1024
+
+# Compression codecs of a record batch by name (the worker's COMPRESSIONS).
+CODECS = {"none": DefaultRecordBatch.CODEC_NONE, "gzip": DefaultRecordBatch.CODEC_GZIP,
+          "snappy": DefaultRecordBatch.CODEC_SNAPPY, "lz4": DefaultRecordBatch.CODEC_LZ4,
+          "zstd": DefaultRecordBatch.CODEC_ZSTD}
+
+
 class BatchSender:
     """Sends records to one topic-partition at a time as aiokafka record batches.
 
@@ -53,20 +66,24 @@ class BatchSender:
         self._producer = producer
         self._on_failure = on_failure
 
-    async def send(self, topic: str, partition: int,
-                   records: Sequence[Record]) -> tuple[asyncio.Future[Any], int] | None:
+    async def send(self, topic: str, partition: int, records: Sequence[Record],
+                   compression: str | None = None) -> tuple[asyncio.Future[Any], int] | None:
         """Queue `records` in order; returns the last batch's delivery future and how
         many records that batch holds (its result's offset is the batch's first
-        record's), or None when there was nothing to send."""
+        record's), or None when there was nothing to send. `compression` (a name of
+        CODECS) compresses these batches other than the producer's own setting: a
+        record batch carries its codec, so one producer may send both."""
         if not records:
             return None
         aio = self._producer()
-        batch = aio.create_batch()
+        new_batch = aio.create_batch if compression is None else partial(
+            BatchBuilder, MAX_BATCH_BYTES, CODECS[compression], is_transactional=False)
+        batch = new_batch()
         count = 0
         for key, value, headers in records:
             if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 await self._submit(aio, batch, topic, partition)
-                batch = aio.create_batch()
+                batch = new_batch()
                 count = 0
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"{topic}[{partition}]: a record of {len(value or b'')} bytes "

@@ -46,6 +46,9 @@ from pipeline.worker.produce import Headers, Record
 
 log = logging.getLogger(__name__)
 
+# Called for every record: looked up once.
+is_tick, decode_tick, decode_event_dict = codec.is_tick, codec.decode_tick, codec.decode_event_dict
+
 
 class InputRecord(Protocol):
     """What the record path reads of a consumed record (Faust's Message has it)."""
@@ -78,15 +81,16 @@ class DeadLetter(NamedTuple):
 @dataclass
 class PartitionOutput:
     """What one partition's share of a batch asks for, to be done in this order:
-    send the consumer back (`seek_to`, after marking `refused` never to be
-    acknowledged), send `dead_letters`, send `cdrs` to the partition of cdrs, write
-    `changelog` to the table and its partition (with `last` as Faust's current event).
-    Only then may the batch be acknowledged."""
+    send the consumer back (`seek_to`; `refused` are never acknowledged), send
+    `dead_letters`, send `cdrs` to the partition of cdrs, write `changelog` to the
+    table and its partition (with `last` as Faust's current event). Only then may the
+    `folded` offsets be acknowledged."""
 
     partition: int
     seek_to: int | None = None  # records are missing from here: send the consumer back
     refused: list[Any] = field(default_factory=list)  # after the gap: never acknowledge
     last: Any = None  # the last record folded (None: none was)
+    folded: tuple[int, int] | None = None  # offsets first .. end - 1 were folded: acknowledge
     dead_letters: list[DeadLetter] = field(default_factory=list)
     cdrs: list[Record] = field(default_factory=list)  # re-sent ones first, then new ones
     changelog: list[TableWrite] = field(default_factory=list)
@@ -111,12 +115,16 @@ class RecordPath:
     """The record path of the worker's assigned partitions of call-events.
 
     `table_values` returns the values of the recovered `calls` table (every
-    partition's): a partition's calls are restored from them when it is first folded.
+    partition's, in either changelog format): a partition's calls are restored from
+    them when it is first folded. Changed calls are written in `changelog_format`
+    (changelog.FORMATS).
     """
 
-    def __init__(self, config: BillingConfig, table_values: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, config: BillingConfig, table_values: Callable[[], Iterable[Any]],
+                 changelog_format: str = "compact") -> None:
         self._config = config
         self._table_values = table_values
+        self._changelog_format = changelog_format  # what changed calls are written in
         self._held: dict[int, _Held] = {}
         # Per started partition: the offset of the record to fold next.
         self._expected: dict[int, int] = {}
@@ -153,18 +161,28 @@ class RecordPath:
         if not ready:
             return out
         held = self._hold(partition, out)
-        correlator = held.correlator
-        kinds = out.records_in
+        correlator, store = held.correlator, held.store
+        fold, ticks = _fold_event, 0
         for record in ready:
+            headers = record.headers
             try:
-                cdrs = self._fold(correlator, record, kinds)
+                if headers and is_tick(headers):
+                    ticks += 1
+                    cdrs = correlator.advance(decode_tick(record.value or b""), record.offset)
+                else:
+                    cdrs = fold(correlator, record)
             except InvalidEvent as exc:
                 out.dead_letters.append(_dead_letter(record, exc))
                 continue
             if cdrs:
-                _encode(cdrs, correlator, out)
+                _encode(cdrs, store, out)
+        if ticks:
+            out.records_in["tick"] = ticks
+        if len(ready) > ticks:
+            out.records_in["event"] = len(ready) - ticks
         out.last = ready[-1]
-        out.changelog = held.store.drain()
+        out.folded = (ready[0].offset, ready[-1].offset + 1)
+        out.changelog = store.drain()
         return out
 
     def stats(self, partition: int) -> PartitionStats | None:
@@ -206,7 +224,7 @@ class RecordPath:
         held = self._held.get(partition)
         if held is not None:
             return held
-        store = CallStore(partition)
+        store = CallStore(partition, self._changelog_format)
         store.load(list(self._table_values()))
         watermark = max((s.last_ts_ms for s in store.values()), default=0)
         held = _Held(Correlator(self._config, store, watermark_ms=watermark), store)
@@ -218,33 +236,31 @@ class RecordPath:
                  partition, len(store), watermark, len(resend), resumed)
         if resend:
             out.reemitted = len(resend)
-            _encode(resend, held.correlator, out)
+            _encode(resend, store, out)
         return held
 
-    def _fold(self, correlator: Correlator, record: InputRecord,
-              kinds: Counter[str]) -> list[RatedCdr]:
-        """One record into its partition's Correlator; raises InvalidEvent for a bad one."""
-        if codec.is_tick(record.headers):
-            kinds["tick"] += 1
-            return correlator.advance(codec.decode_tick(record.value or b""), record.offset)
-        kinds["event"] += 1
-        call_event = parse_event(codec.decode_event_dict(record.value or b""))
-        key = record.key.decode("utf-8", "replace") if record.key else None
-        if key is not None and key != call_event.call_id:
-            raise InvalidEvent(
-                f"record key {key!r} is not the event's call_id {call_event.call_id!r}", "call_id"
-            )
-        return correlator.on_event(call_event, record.offset)
+
+def _fold_event(correlator: Correlator, record: InputRecord) -> list[RatedCdr]:
+    """One event record into its partition's Correlator, returning its CDRs; raises
+    InvalidEvent for a bad one."""
+    event = parse_event(decode_event_dict(record.value or b""))
+    key = record.key
+    if key and key != event.call_id.encode():
+        raise InvalidEvent(f"record key {key.decode('utf-8', 'replace')!r} is not the event's "
+                           f"call_id {event.call_id!r}", "call_id")
+    return correlator.on_event(event, record.offset)
 
 
-def _encode(cdrs: list[RatedCdr], correlator: Correlator, out: PartitionOutput) -> None:
+def _encode(cdrs: list[RatedCdr], store: CallStore, out: PartitionOutput) -> None:
     """Each CDR as a record, with its call's pinned start in a header (the sink files
     every version of the call under it)."""
-    records, counts = out.cdrs, out.cdrs_out
+    records, counts, header = out.cdrs, out.cdrs_out, codec.call_start_header
+    encode = codec.encode_cdr
     for cdr in cdrs:
-        start = correlator.call_start_ms(cdr.call_id)
-        headers = [] if start is None else [codec.call_start_header(start)]
-        records.append((cdr.call_id.encode(), codec.encode_cdr(cdr), headers))
+        call_id = cdr.call_id
+        state = store.get(call_id)
+        start = None if state is None else state.call_start_ms
+        records.append((call_id.encode(), encode(cdr), [] if start is None else [header(start)]))
         counts[cdr.record_decision] += 1
 
 

@@ -4,8 +4,9 @@ The record path gives each changed call of a batch once (call_store.TableWrite).
 `TableWriter.write` puts them into the table's store (`table.data`) and onto the
 changelog topic, on the partition explicitly: what `table[call_id] = value` does
 (Faust's `Table.on_key_set`), without Faust's per-record producer machinery, which
-cost more than the billing core's work per event. Faust restores the table from
-that changelog as before.
+cost more than the billing core's work per event. Values are bytes (changelog.py; the
+table's value serializer is "raw"), written as they are. Faust restores the table
+from that changelog as before.
 
 Write before the records that changed the calls are acknowledged: Faust commits an
 offset only after flushing the producer, so a committed offset means every state
@@ -26,10 +27,14 @@ from pipeline.worker.produce import BatchSender
 
 
 class TableWriter:
-    def __init__(self, table: Any, sender: BatchSender) -> None:
+    """`compression`: the changelog's record batch codec (a name of produce.CODECS), or
+    None for the producer's own."""
+
+    def __init__(self, table: Any, sender: BatchSender, compression: str | None = None) -> None:
         self._table = table
         self._sender = sender
         self._topic = table.changelog_topic.get_topic_name()
+        self._compression = compression
 
     async def write(self, partition: int, writes: Sequence[TableWrite], event: Any) -> int:
         """Write `writes` (one partition's) to the table's store and its changelog
@@ -42,12 +47,14 @@ class TableWriter:
             return 0
         data = self._table.data
         with current_event(event):
+            # One key at a time: a RocksDB store serializes each (its `update` would not).
             for write in writes:
                 if write.value is None:
                     data.pop(write.call_id, None)
                 else:
                     data[write.call_id] = write.value
-        sent = await self._sender.send(self._topic, partition, [w.record for w in writes])
+        sent = await self._sender.send(self._topic, partition, [w.record for w in writes],
+                                       self._compression)
         if sent is not None:
             future, count = sent
             tp = TP(self._topic, partition)

@@ -38,13 +38,14 @@ def _consume(bootstrap: str, topic: str, partition: int,
 
 
 async def _send(bootstrap: str, topic: str, partition: int, records: list[Record],
-                on_failure: Callable[[str, BaseException], None], **producer_conf: Any) -> Any:
+                on_failure: Callable[[str, BaseException], None], compression: str | None = None,
+                **producer_conf: Any) -> Any:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 **producer_conf)
     await producer.start()
     try:
         sender = BatchSender(lambda: producer, on_failure)
-        sent = await sender.send(topic, partition, records)
+        sent = await sender.send(topic, partition, records, compression)
         assert sent is not None
         future, count = sent
         await asyncio.wait([future])
@@ -71,6 +72,22 @@ def test_records_arrive_in_order_in_several_batches(kafka_bootstrap: str,
     assert count < len(records)  # the last batch holds only the tail
     assert future.result().offset + count - 1 == len(records) - 1
     got = _consume(kafka_bootstrap, topic, 2, len(records))
+    assert got == [(n, key, value, list(headers)) for n, (key, value, headers) in enumerate(records)]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "none"])
+def test_batches_of_another_codec_go_out_on_the_same_producer(
+        kafka_bootstrap: str, unique_topic: Any, compression: str) -> None:
+    """The changelog's codec differs from the producer's own (snappy, the CDRs')."""
+    topic = unique_topic("produce-codec", partitions=1)
+    records: list[Record] = [(f"call-{n}".encode(), f"state {n} ".encode() * 20, [])
+                             for n in range(40)]
+    failures: list[Any] = []
+    future, count = asyncio.run(_send(kafka_bootstrap, topic, 0, records,
+                                      lambda *f: failures.append(f), compression,
+                                      compression_type="snappy", max_batch_size=16 * 1024))
+    assert failures == [] and future.result().offset + count - 1 == len(records) - 1
+    got = _consume(kafka_bootstrap, topic, 0, len(records))
     assert got == [(n, key, value, list(headers)) for n, (key, value, headers) in enumerate(records)]
 
 

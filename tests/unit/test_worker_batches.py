@@ -1,6 +1,6 @@
 """The worker's batched table writes: once per changed call, on the partition's
-changelog, in Faust's encoding, so Faust's recovery rebuilds the same states; and the
-Faust internals the table write and the in-order guard rely on (faust_compat)."""
+changelog, as raw values Faust's recovery puts back as they are, so the worker rebuilds
+the same states; and the Faust internal the table write relies on (faust_compat)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from faust.types import TP, Message
 from pipeline.core.correlator import Correlator
 from pipeline.core.state import CallState
 from pipeline.kafka.admin import CALLS_TABLE, worker_topics
+from pipeline.worker import changelog
 from pipeline.worker.call_store import CallStore
-from pipeline.worker.driver import by_partition
-from pipeline.worker.faust_compat import current_event, forget_read_offsets, ignore_gaps
+from pipeline.worker.faust_compat import current_event
 from pipeline.worker.table_store import TableWriter
 from tests.unit.builders import call, make_config
 
@@ -33,7 +33,7 @@ class Producer:
 
     async def send(
         self, topic: str, partition: int,
-        records: list[tuple[bytes | None, bytes | None, Any]]
+        records: list[tuple[bytes | None, bytes | None, Any]], compression: str | None = None
     ) -> tuple[asyncio.Future[Any], int] | None:
         if not records:
             return None
@@ -52,7 +52,7 @@ class _Event:
 
 def _table(app_id: str = "unit-worker") -> Any:
     app = faust.App(app_id, broker="kafka://127.0.0.1:1", store="memory://", web_enabled=False)
-    return app.Table(CALLS_TABLE, default=None, partitions=3)
+    return app.Table(CALLS_TABLE, default=None, partitions=3, value_type=bytes)
 
 
 async def _restore(table: Any, sent: list[tuple[str, bytes | None, bytes | None, int]]) -> None:
@@ -92,7 +92,7 @@ def test_writes_are_held_until_flush_then_sent_once_per_call() -> None:
     assert topics == {"unit-worker-calls-changelog"}
     sent = [(key, partition) for _, key, _, partition in producer.sent]
     assert sent == [(b'"a"', 2), (b'"b"', 2)]
-    assert table.data["a"] == {"p": 2, "s": first.to_dict()}
+    assert changelog.decode_value(table.data["a"]) == (2, first)
     assert _flush(store, table, producer) == 0 and len(producer.sent) == 2
 
 
@@ -119,11 +119,26 @@ def test_set_and_deleted_between_flushes_is_only_a_tombstone() -> None:
     assert [value for _, _, value, _ in producer.sent] == [None]
 
 
+@pytest.mark.parametrize("write", ["pop", "popitem", "setdefault", "update"])
+def test_a_write_the_store_would_not_record_is_refused(write: str) -> None:
+    """Only what reaches the changelog may change the calls: a dict write that the store
+    would not see as a change fails instead of losing the change."""
+    store = CallStore(0)
+    store["a"] = CallState("a")
+    args = {"pop": ("a",), "popitem": (), "setdefault": ("b", CallState("b")),
+            "update": ({"b": CallState("b")},)}[write]
+    with pytest.raises(TypeError, match="records only"):
+        getattr(store, write)(*args)
+    assert list(store) == ["a"] and store.pending == 1
+
+
 def test_changelog_restores_the_partition_s_states(tmp_path: Path) -> None:
+    """Through Faust's own recovery of a raw table, with one changelog holding values of
+    both formats (partition 0 compact, partition 1 JSON: a rolling upgrade's)."""
     config = make_config(tmp_path)
     table = _table()
     producer = Producer()
-    stores = {p: CallStore(p) for p in (0, 1)}
+    stores = {0: CallStore(0, "compact"), 1: CallStore(1, "json")}
     correlators = {p: Correlator(config, stores[p]) for p in (0, 1)}
     for offset, event in enumerate(call("c1") + call("c2", answer_after_ms=None)):
         correlators[0].on_event(event, offset)
@@ -198,45 +213,6 @@ def test_current_event_is_restored_after_an_error() -> None:
     with pytest.raises(RuntimeError), current_event(event):
         raise RuntimeError("boom")
     assert faust.current_event() is None
-
-
-def test_by_partition_keeps_each_partition_s_order() -> None:
-    messages = [SimpleNamespace(partition=p, offset=o)
-                for p, o in [(0, 5), (1, 9), (0, 6), (2, 1), (1, 10), (0, 7)]]
-    parts = by_partition(messages)
-    offsets = {p: [m.offset for m in ms] for p, ms in parts.items()}
-    assert offsets == {0: [5, 6, 7], 1: [9, 10], 2: [1]}
-
-
-def test_forget_read_offsets_clears_only_the_assigned_partitions() -> None:
-    # Faust drops every fetched record below a partition's read offset; a stale one
-    # left from before a rebalance would silently skip records (see forget_read_offsets).
-    # The real consumer of the installed Faust: an upgrade renaming the attribute fails here.
-    app = faust.App("forget-read-offsets", broker="kafka://127.0.0.1:1", store="memory://")
-    consumer = app.consumer
-    events2, events0, other = TP("call-events", 2), TP("call-events", 0), TP("elsewhere", 2)
-    consumer._read_offset.update({events2: 1999, events0: 10, other: 7})
-
-    forget_read_offsets(consumer, {events2})
-
-    assert consumer._read_offset[events2] is None
-    assert consumer._read_offset[events0] == 10
-    assert consumer._read_offset[other] == 7
-
-
-def test_ignore_gaps_only_for_the_events_topic() -> None:
-    app = faust.App("ignore-gaps", broker="kafka://127.0.0.1:1", store="memory://")
-    consumer = app.consumer
-    ignore_gaps(consumer, "call-events")
-    ignore_gaps(consumer, "call-events")  # idempotent: not wrapped twice
-
-    async def add() -> None:
-        await consumer._add_gap(TP("call-events", 0), 1, 100)
-        await consumer._add_gap(TP("elsewhere", 0), 1, 100)
-
-    _run(add())
-    assert not consumer._gap[TP("call-events", 0)]
-    assert consumer._gap[TP("elsewhere", 0)]
 
 
 def test_worker_topics_are_the_ones_faust_creates() -> None:

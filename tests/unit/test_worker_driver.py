@@ -15,6 +15,7 @@ from faust.types import TP
 
 from pipeline.runtime.settings import Settings
 from pipeline.worker.driver import Driver
+from pipeline.worker.handoff import Batch
 from pipeline.worker.offsets import GroupOffsets
 from pipeline.worker.record_path import RecordPath
 from tests.unit.builders import call, make_config
@@ -102,15 +103,50 @@ def test_a_partition_s_output_goes_out_in_order(world: World, tmp_path: Path) ->
     ]
 
 
-def test_after_a_gap_the_refused_records_are_marked_and_the_consumer_sent_back(
+def test_after_a_gap_the_consumer_is_sent_back_and_nothing_is_acknowledged(
         world: World, tmp_path: Path) -> None:
     driver = _driver(world, tmp_path)
     stale = records(0, call("c1"), first=2000)
-    for record in stale:
-        record.acked = False  # type: ignore[attr-defined]
-    asyncio.run(driver.process(0, stale))
+    out = asyncio.run(driver.process(0, stale))
     assert world.done == [("resume", 0), ("seek", {TP(TOPIC, 0): 0})]
-    assert all(record.acked for record in stale)  # type: ignore[attr-defined]
+    assert out.refused == stale and out.folded is None
+
+
+class Stop(Exception):
+    """Ends the driver's loop after the batches a test hands it."""
+
+
+class Handoff:
+    """Stands in for the handoff: hands out `batches`, records what is acknowledged."""
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+        self.acked: list[tuple[Batch, dict[int, tuple[int, int]]]] = []
+
+    async def take(self, max_records: int, within: float) -> Batch:
+        if not self.batches:
+            raise Stop
+        return self.batches.pop(0)
+
+    def ack(self, batch: Batch, folded: dict[int, tuple[int, int]]) -> None:
+        self.acked.append((batch, folded))
+
+
+def test_a_batch_is_acknowledged_with_what_each_partition_folded(world: World,
+                                                                tmp_path: Path) -> None:
+    """After its output is out: partition 1 folded 0..4; partition 2's records came
+    after missing ones and hold its commit back."""
+    batch = Batch([(1, records(1, call("c1")[:2])), (2, records(2, call("c2"), first=7)),
+                   (1, records(1, call("c1")[2:], first=2))], pending=None)
+    handoff = Handoff([batch])
+    path = RecordPath(make_config(tmp_path), dict().values)
+    driver = Driver(world, Settings(), path, handoff=handoff,  # type: ignore[arg-type]
+                    sender=world, table=world, dlq_topic=world)  # type: ignore[arg-type]
+    with pytest.raises(Stop):
+        asyncio.run(driver.run())
+    assert handoff.acked == [(batch, {1: (0, 4)})]
+    assert ("send", "cdrs", 1, [b"c1"]) in world.done
+    assert world.done[-1][0] == "seek"  # partition 2 sent back to where it resumes
 
 
 def test_a_revoked_partition_is_asked_for_again(world: World, tmp_path: Path) -> None:

@@ -98,13 +98,6 @@ def test_a_missing_hook_is_named_and_refused() -> None:
     assert "\n" not in message  # one line for `cdr-pipeline worker` to print
 
 
-def test_the_messages_cannot_be_intercepted_once_the_consumer_exists() -> None:
-    app = faust.App("unit-intercept", broker="kafka://127.0.0.1:1", store="memory://")
-    assert app.consumer is not None  # created: it holds the conductor's callback now
-    with pytest.raises(RuntimeError, match="consumer exists already"):
-        faust_compat.intercept_messages(app, lambda deliver: deliver)
-
-
 def test_faust_s_producer_has_no_aiokafka_producer_before_it_starts() -> None:
     app = faust.App("unit-producer", broker="kafka://127.0.0.1:1", store="memory://")
     with pytest.raises(NotReady):
