@@ -42,7 +42,15 @@ from confluent_kafka.admin import AdminClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream_bench import CONFIG, PARTITIONS, POLL_S, _stop, _wait_quiet, proc_cpu_s  # noqa: E402
+from stream_bench import (  # noqa: E402
+    CONFIG,
+    PARTITIONS,
+    POLL_S,
+    _stop,
+    _wait_quiet,
+    first_record_times,
+    proc_cpu_s,
+)
 
 from pipeline.avro import codec  # noqa: E402
 from pipeline.core.config import load_config  # noqa: E402
@@ -386,16 +394,7 @@ def _poll_stored(dep: Deployment, reader: str, stored_at: dict[str, float],
 def _first_cdr_times(dep: Deployment, calls: set[str]) -> dict[str, float]:
     c = dep.consumer("sink", dep.sink_group)
     c.assign([TopicPartition(f"{dep.prefix}cdrs", p, 0) for p in range(PARTITIONS)])
-    first: dict[str, float] = {}
-    idle = 0
-    while idle < 3 and len(first) < len(calls):
-        msgs = c.consume(num_messages=5000, timeout=1.0)
-        idle = 0 if msgs else idle + 1
-        for msg in msgs:
-            if msg.error() is None:
-                first.setdefault(msg.key().decode(), msg.timestamp()[1] / 1000)
-    c.close()
-    return first
+    return first_record_times(c, calls)
 
 
 def _pct(values: list[float], q: float) -> str:

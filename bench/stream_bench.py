@@ -598,6 +598,13 @@ def _first_cdr_times(topic: str, calls: set[str]) -> dict[str, float]:
     """Per call, the record timestamp (epoch s) of its first CDR on `topic`."""
     consumer = _consumer(f"bench-lat-{uuid.uuid4().hex[:6]}")
     _assign_all(consumer, topic)
+    return first_record_times(consumer, calls)
+
+
+def first_record_times(consumer: Any, calls: set[str]) -> dict[str, float]:
+    """Per key, the timestamp (epoch s) of its first record on the topic `consumer` is
+    assigned to, read until every key in `calls` is seen or 3 s pass without a record;
+    closes `consumer`."""
     first: dict[str, float] = {}
     idle = 0
     while idle < 3 and len(first) < len(calls):
