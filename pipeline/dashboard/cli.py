@@ -42,11 +42,11 @@ def _target(args: argparse.Namespace) -> Any:
                             settings_tls(settings.clickhouse))
 
 
-def _check_schema(backend: Any, database: str, migrate_first: bool) -> None:
+def _check_schema(backend: Any, database: str, migrate_first: bool, cluster: str = "") -> None:
     if migrate_first:
         from pipeline.storage.migrate import migrate
 
-        applied = migrate(backend, database)
+        applied = migrate(backend, database, cluster=cluster or None)
         log.info("migrations applied to %s: %s", database, ", ".join(applied) or "none")
         return
     rows = backend.execute(
@@ -142,10 +142,10 @@ def _refresh(args: argparse.Namespace) -> int:
     from pipeline.dashboard.db import open_backend
     from pipeline.dashboard.refresh import refresh_aggregates
 
-    _, target = _target(args)
+    settings, target = _target(args)
     backend = open_backend(target, reader=False)
     try:
-        _check_schema(backend, target.database, args.migrate)
+        _check_schema(backend, target.database, args.migrate, settings.clickhouse.cluster)
         result = refresh_aggregates(backend, target.database, full=args.full)
     finally:
         backend.close()
@@ -175,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     refresher: Refresher | None = None
     try:
-        _check_schema(writer, target.database, args.migrate)
+        _check_schema(writer, target.database, args.migrate, settings.clickhouse.cluster)
         if args.refresh_interval > 0:
             refresher = Refresher(writer, target.database, args.refresh_interval)
             refresher.start()

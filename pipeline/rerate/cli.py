@@ -197,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.migrate:
             from pipeline.storage.migrate import migrate
 
-            migrate(backend, database)
+            migrate(backend, database, cluster=settings.clickhouse.cluster or None)
         request = RerateRequest(
             config=config,
             from_ms=args.from_ms,

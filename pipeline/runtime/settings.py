@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Secret(str):
@@ -100,8 +103,16 @@ class ClickHouseSettings:
     ca_file: str = ""
     verify: bool = True
     # `db migrate` creates the tables ON CLUSTER <cluster> (replicated shards behind
-    # Distributed tables, docs/clickhouse.md); "" = one server.
+    # Distributed tables, docs/clickhouse.md); "" = one server. Every command that
+    # migrates (db migrate, sink/rerate/dashboard --migrate, the demo) uses it.
     cluster: str = ""
+
+    def __post_init__(self) -> None:
+        # The name goes into SQL text (ON CLUSTER ...): refused here, at load, rather
+        # than when the first DDL runs. Whether the servers know it is checked there.
+        if self.cluster and not _IDENTIFIER.fullmatch(self.cluster):
+            raise ConfigError(f"clickhouse.cluster: {self.cluster!r} is not a cluster name "
+                              "([A-Za-z_][A-Za-z0-9_]*)")
 
 
 COMPRESSIONS = ("none", "snappy", "lz4", "zstd", "gzip")

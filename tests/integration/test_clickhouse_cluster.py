@@ -97,6 +97,23 @@ def test_migrate_creates_replicated_shards_behind_distributed_tables_once_per_cl
         assert rows and all(int(n) == 1 for _, n in rows), (node, rows)
 
 
+def test_a_command_that_migrates_first_takes_the_cluster_from_the_settings(
+    clickhouse_cluster: LocalClickHouseCluster, cluster_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`dashboard refresh --migrate` on a fresh database (as rerate, sink and the demo
+    migrate): with [clickhouse] cluster set, the tables are made on the cluster."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("CDR_CLICKHOUSE_CLUSTER", CLUSTER_NAME)
+    url = clickhouse_cluster.url(cluster_database)
+    assert main(["dashboard", "refresh", "--clickhouse", url, "--migrate"]) == 0
+    for node in clickhouse_cluster.nodes:
+        engines = _engines(clickhouse_cluster.backend(node), cluster_database)
+        assert engines["cdr"] == "Distributed", node
+        assert engines["cdr_local"] == "ReplicatedReplacingMergeTree", node
+
+
 def test_migrate_refuses_to_mix_a_single_server_schema_with_a_cluster(
     clickhouse_native: ClickHouseBackend, single_db: str
 ) -> None:

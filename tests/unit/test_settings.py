@@ -25,6 +25,7 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     assert load_settings(env={}).worker.compression == "snappy"
     assert load_settings(env={}).worker.fetch_min_bytes == 32768
     assert load_settings(env={"CDR_WORKER_COMPRESSION": "zstd"}).worker.compression == "zstd"
+    assert load_settings(env={"CDR_CLICKHOUSE_CLUSTER": "cdr_2x2"}).clickhouse.cluster == "cdr_2x2"
 
 
 @pytest.mark.parametrize(("text", "env", "message"), [
@@ -35,6 +36,9 @@ def test_defaults_file_and_environment(tmp_path: Path) -> None:
     ("[worker]\nfetch_min_bytes = 0\n", {}, "worker.fetch_min_bytes: must be 1-1048576, got 0"),
     ("", {"CDR_WORKER_COMPRESSION": "lzma"},
      "worker.compression: must be one of none, snappy, lz4, zstd, gzip, got 'lzma'"),
+    ('[clickhouse]\ncluster = "cdr; DROP DATABASE cdr"\n', {},
+     "clickhouse.cluster: 'cdr; DROP DATABASE cdr' is not a cluster name"),
+    ("", {"CDR_CLICKHOUSE_CLUSTER": "2shards"}, "clickhouse.cluster: '2shards' is not a cluster"),
 ])
 def test_a_bad_value_fails_at_load_naming_the_key(tmp_path: Path, text: str, env: dict[str, str],
                                                   message: str) -> None:
