@@ -15,6 +15,8 @@ output says which. On one core, single process, best of 3 runs after a warm-up:
                 finish(); every CDR version built (rating, both sides, policy)
   (b) baseline: a dict join by call_id collecting the events, emitting at HANGUP
                 with one Decimal fee (rate * billable / 60, quantized) a call
+  (c) floor:    parse_event on every event and the baseline's join, without the
+                correlation rules and rating: what validating the input alone costs
 and the lookup throughput of a 100k-prefix deck.
 """
 
@@ -287,6 +289,24 @@ def best_of(runs: int, work: Callable[[], int]) -> tuple[float, float, int]:
     return best_wall, best_cpu, result
 
 
+def run_parse_join(dicts: list[dict[str, Any]]) -> int:
+    """The floor under the core: parse_event (the contract's validation) on every event
+    and the baseline's dict join of the results, no correlation rules and no rating.
+    The core cannot beat this; its ratio to the baseline bounds the core's."""
+    calls: dict[str, list[Any]] = {}
+    done = 0
+    for raw in dicts:
+        event = parse_event(raw)
+        held = calls.get(event.call_id)
+        if held is None:
+            held = calls[event.call_id] = []
+        held.append(event)
+        if event.event_type == "HANGUP":
+            del calls[event.call_id]
+            done += 1
+    return done
+
+
 def run_correlator_only(config: BillingConfig, events: list[Any]) -> int:
     """on_event over pre-parsed events (the breakdown's middle term)."""
     correlator = Correlator(config)
@@ -379,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         parse_wall, parse_cpu, _ = best_of(3, lambda: sum(1 for raw in dicts if parse_event(raw)))
         events = [parse_event(raw) for raw in dicts]
         corr_wall, corr_cpu, _ = best_of(3, lambda: run_correlator_only(config, events))
+        _, floor_cpu, _ = best_of(3, lambda: run_parse_join(dicts))
+        print(
+            f"(c) floor         parse_event + the baseline's join, no rules, no rating: "
+            f"{n / floor_cpu:,.0f} events/s CPU = {base_cpu / floor_cpu:.2f} x baseline"
+        )
         print("breakdown (CPU):")
         print(
             f"  parse_event alone               {n / parse_cpu:14,.0f} events/s  "
