@@ -43,23 +43,24 @@ sys.path.insert(0, str(ROOT))
 
 from stream_bench import (  # noqa: E402
     _poll_stored,
+    _servers,
     _wait_assigned,
     _wait_quiet,
     pids_matching,
     proc_cpu_s,
 )
 
+from pipeline.demo.sip import stop_process, wait_ready  # noqa: E402
 from pipeline.kafka.admin import (  # noqa: E402
     default_topic_specs,
     delete_topics,
     ensure_topics,
     worker_topics,  # noqa: E402
 )
-from pipeline.storage.url import open_backend  # noqa: E402
 from pipeline.sip.node import NodeSettings, SwitchNode, free_ports, start_node  # noqa: E402
 from pipeline.sip.traffic import CallSpec, UacRun, start_calls  # noqa: E402
-from pipeline.demo.sip import stop_process, wait_ready  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
+from pipeline.storage.url import open_backend  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "kamailio" / "pipeline.toml"
 BOOTSTRAP = os.environ.get("CDR_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
@@ -135,8 +136,9 @@ def run(args: argparse.Namespace) -> None:
             "kamailio": pids_matching(str(node.base / "stack" / "kamailio.cfg")),
             "sipp gateways": [g.process.pid for g in node.gateways],
             "adapter": [adapter.pid], "worker": [worker.pid], "sink": [sink.pid],
-            "broker": pids_matching("kafka.Kafka"),
-            "clickhouse": pids_matching("clickhouse-server"),
+            # the broker and ClickHouse this run uses, by their ports: not every JVM
+            # named kafka.Kafka (a cluster or a secured stack may run beside it)
+            **_servers(),
             "this bench (poller)": [os.getpid()],
         }
         before = _cpu(parts)
