@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Local Apache Kafka (KRaft) without Docker: jars from Maven Central, one JVM per node.
 #
-#   deploy/local/kafka.sh up|down|status|reset [--cluster|--secure]
-#   deploy/local/kafka.sh stop-node N --cluster | start-node N --cluster
+#   deploy/local/kafka.sh up|down|status|reset [--cluster] [--secure]
+#   deploy/local/kafka.sh stop-node N --cluster [--secure] | start-node N --cluster [--secure]
 #   deploy/local/kafka.sh fetch          # only fetch the jars
+#   deploy/local/kafka.sh bootstrap|mtls-bootstrap [--cluster] [--secure]   its addresses
 #
 # single (default): one combined broker+controller node
 #     bootstrap 127.0.0.1:19092, controller 127.0.0.1:19093, state in .stack/kafka/single/
-# --cluster:        three combined broker+controller nodes, quorum of three
-#     bootstrap 127.0.0.1:29092,127.0.0.1:29192,127.0.0.1:29292
-#     controllers   127.0.0.1:29093,127.0.0.1:29193,127.0.0.1:29293
-#     state in .stack/kafka/cluster/nodeN/
+# --cluster:        three combined broker+controller nodes, quorum of three, topics RF 3,
+#     min.insync.replicas 2; bootstrap 127.0.0.1:29092,127.0.0.1:29192,127.0.0.1:29292,
+#     controllers 127.0.0.1:29093,29193,29293; state in .stack/kafka/cluster/nodeN/
 # --secure:         one node, SASL_SSL (SCRAM-SHA-512) on 127.0.0.1:39092, mTLS on 39094,
 #     controller 39093 (mTLS), StandardAuthorizer; state in .stack/secure/kafka/. Needs the
 #     certificates and passwords deploy/local/secure.sh makes (use secure.sh up).
+# --cluster --secure: the three-node cluster secured like --secure: SASL_SSL on
+#     127.0.0.1:49092,49192,49292, mTLS 49094,49194,49294, controllers (mTLS)
+#     49093,49193,49293; state in .stack/secure/kafka-cluster/nodeN/ (secure.sh up --cluster)
 #
 # Environment (all optional):
 #   KAFKA_HEAP_OPTS       JVM heap per node            (default: -Xms128m -Xmx512m)
@@ -46,7 +49,7 @@ log() { printf 'kafka.sh: %s\n' "$*"; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -65,31 +68,23 @@ done
 [ "${#ARGS[@]}" -ge 1 ] || usage
 CMD="${ARGS[0]}"
 
-if [ "$CLUSTER" = 1 ] && [ "$SECURE" = 1 ]; then
-    die "--secure is one node; --cluster with --secure is not supported"
-elif [ "$CLUSTER" = 1 ]; then
-    MODE=cluster
-    NODES=(1 2 3)
-else
-    MODE=single
-    NODES=(1)
-fi
-MODE_DIR="$STACK/$MODE"
+# A stack is its mode: where its state lives and the first node's broker port; node N's
+# ports are 100 * (N - 1) above node 1's, its controller port the broker's + 1 and (secured)
+# its mTLS port the broker's + 2.
 SECURE_DIR="$ROOT/.stack/secure"
-if [ "$SECURE" = 1 ]; then
-    MODE=secure
-    MODE_DIR="$SECURE_DIR/kafka"
-fi
+case "$SECURE$CLUSTER" in
+    00) MODE=single; MODE_DIR="$STACK/single"; PORT_BASE=19092 ;;
+    01) MODE=cluster; MODE_DIR="$STACK/cluster"; PORT_BASE=29092 ;;
+    10) MODE=secure; MODE_DIR="$SECURE_DIR/kafka"; PORT_BASE=39092 ;;
+    11) MODE=secure-cluster; MODE_DIR="$SECURE_DIR/kafka-cluster"; PORT_BASE=49092 ;;
+esac
+if [ "$CLUSTER" = 1 ]; then NODES=(1 2 3); else NODES=(1); fi
 
 # ---------------------------------------------------------------- per-node layout
-node_dir() { if [ "$MODE" = cluster ]; then echo "$MODE_DIR/node$1"; else echo "$MODE_DIR"; fi; }
-broker_port() {
-    case "$MODE" in cluster) echo $((29092 + 100 * ($1 - 1))) ;; secure) echo 39092 ;; *) echo 19092 ;; esac
-}
-controller_port() {
-    case "$MODE" in cluster) echo $((29093 + 100 * ($1 - 1))) ;; secure) echo 39093 ;; *) echo 19093 ;; esac
-}
-MTLS_PORT=39094
+node_dir() { if [ "$CLUSTER" = 1 ]; then echo "$MODE_DIR/node$1"; else echo "$MODE_DIR"; fi; }
+broker_port() { echo $((PORT_BASE + 100 * ($1 - 1))); }
+controller_port() { echo $(($(broker_port "$1") + 1)); }
+mtls_port() { echo $(($(broker_port "$1") + 2)); }
 pid_file() { echo "$(node_dir "$1")/kafka.pid"; }
 
 voters() {
@@ -98,9 +93,9 @@ voters() {
     echo "$out"
 }
 
-bootstrap() {
-    local n out=""
-    for n in "${NODES[@]}"; do out="${out:+$out,}$HOST:$(broker_port "$n")"; done
+bootstrap() {  # [port function]: the nodes' broker ports (or mtls_port's)
+    local n out="" port="${1:-broker_port}"
+    for n in "${NODES[@]}"; do out="${out:+$out,}$HOST:$("$port" "$n")"; done
     echo "$out"
 }
 
@@ -160,11 +155,12 @@ fetch_jars() {
 }
 
 # ---------------------------------------------------------------- secure mode
-# The secured node's listeners, TLS files and authorizer (docs/security.md). Clients
-# authenticate with SCRAM-SHA-512 over TLS (SASL_SSL) or with a client certificate (MTLS
-# listener); the CN of a certificate is the principal, so CN=broker (the server
-# certificate) is User:broker, the one super user, which the broker itself uses on its
-# controller listener and between brokers.
+# A secured node's listeners, TLS files and authorizer (docs/security.md), the same for
+# the single node and each of the cluster's three. Clients authenticate with SCRAM-SHA-512
+# over TLS (SASL_SSL) or with a client certificate (MTLS listener); the CN of a certificate
+# is the principal, so CN=broker (the server certificate) is User:broker, the one super
+# user, which the brokers themselves are on the controller listeners (the quorum, mTLS)
+# and between brokers (replication, SASL_SSL as SCRAM user broker).
 secret_file() { echo "$SECURE_DIR/secrets/kafka-$1.password"; }
 
 secure_listeners() {
@@ -174,8 +170,8 @@ secure_listeners() {
     done
     pw="$(cat "$(secret_file broker)")"
     cat <<EOF
-listeners=SASL_SSL://$HOST:$(broker_port "$n"),CONTROLLER://$HOST:$(controller_port "$n"),MTLS://$HOST:$MTLS_PORT
-advertised.listeners=SASL_SSL://$HOST:$(broker_port "$n"),MTLS://$HOST:$MTLS_PORT
+listeners=SASL_SSL://$HOST:$(broker_port "$n"),CONTROLLER://$HOST:$(controller_port "$n"),MTLS://$HOST:$(mtls_port "$n")
+advertised.listeners=SASL_SSL://$HOST:$(broker_port "$n"),MTLS://$HOST:$(mtls_port "$n")
 listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SSL,MTLS:SSL
 inter.broker.listener.name=SASL_SSL
 controller.listener.names=CONTROLLER
@@ -212,8 +208,8 @@ write_config() {
     local n="$1" dir rf minisr listeners
     dir="$(node_dir "$n")"
     mkdir -p "$dir/data" "$dir/logs"
-    if [ "$MODE" = cluster ]; then rf=3; minisr=2; else rf=1; minisr=1; fi
-    if [ "$MODE" = secure ]; then listeners="$(secure_listeners "$n")"; else listeners="$(plain_listeners "$n")"; fi
+    if [ "$CLUSTER" = 1 ]; then rf=3; minisr=2; else rf=1; minisr=1; fi
+    if [ "$SECURE" = 1 ]; then listeners="$(secure_listeners "$n")"; else listeners="$(plain_listeners "$n")"; fi
     (umask 077 && : >"$dir/server.properties.tmp")  # the secure node's holds its password
     cat >"$dir/server.properties.tmp" <<EOF
 # generated by deploy/local/kafka.sh ($MODE node $n); edits are overwritten on every start
@@ -307,7 +303,7 @@ format_node() {
         printf '%s\n' -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "\"$LIBS/*\"" \
             "\"-Dlog4j2.configurationFile=$dir/log4j2.properties\"" "\"-Dkafka.logs.dir=$dir/logs\"" \
             kafka.tools.StorageTool format -t "$cid" -c "\"$dir/server.properties\"" --ignore-formatted
-        if [ "$MODE" = secure ]; then
+        if [ "$SECURE" = 1 ]; then
             for f in "$SECURE_DIR"/secrets/kafka-*.password; do
                 name="$(basename "$f" .password)"
                 name="${name#kafka-}"
@@ -342,7 +338,7 @@ start_jvm() {
     local n="$1" dir port
     dir="$(node_dir "$n")"
     local ports=("$(broker_port "$n")" "$(controller_port "$n")")
-    [ "$MODE" = secure ] && ports+=("$MTLS_PORT")
+    [ "$SECURE" = 1 ] && ports+=("$(mtls_port "$n")")
     for port in "${ports[@]}"; do
         port_in_use "$port" && die "$MODE node $n: port $HOST:$port is already in use by another process"
     done
@@ -448,7 +444,7 @@ wait_healthy() {
         logs="$logs $(node_dir "$n")/logs/server.log"
     done
     bs="$(bootstrap)"
-    if [ "$MODE" = secure ]; then
+    if [ "$SECURE" = 1 ]; then
         KAFKA_HEALTH_USER=broker KAFKA_HEALTH_PASSWORD_FILE="$(secret_file broker)" \
             KAFKA_HEALTH_CA="$SECURE_DIR/tls/ca.pem" \
             health_py "$bs" "$ids" "$pids" "$START_TIMEOUT" || rc=$?
@@ -519,16 +515,13 @@ cmd_up() {
 }
 
 cmd_status() {
-    local n pid rc=0
+    local n pid state rc=0 mtls
     for n in "${NODES[@]}"; do
-        if pid="$(node_pid "$n")"; then
-            printf '%s node %s: running  pid %s  broker %s:%s  controller %s:%s\n' \
-                "$MODE" "$n" "$pid" "$HOST" "$(broker_port "$n")" "$HOST" "$(controller_port "$n")"
-        else
-            printf '%s node %s: stopped  broker %s:%s  controller %s:%s\n' \
-                "$MODE" "$n" "$HOST" "$(broker_port "$n")" "$HOST" "$(controller_port "$n")"
-            rc=3
-        fi
+        if pid="$(node_pid "$n")"; then state="running  pid $pid"; else state=stopped; rc=3; fi
+        mtls=""
+        [ "$SECURE" = 1 ] && mtls="  mTLS $HOST:$(mtls_port "$n")"
+        printf '%s node %s: %s  broker %s:%s  controller %s:%s%s\n' "$MODE" "$n" "$state" \
+            "$HOST" "$(broker_port "$n")" "$HOST" "$(controller_port "$n")" "$mtls"
     done
     echo "bootstrap: $(bootstrap)   state: ${MODE_DIR#"$ROOT"/}"
     return $rc
@@ -541,10 +534,18 @@ cmd_reset() {
 }
 
 node_arg() {
-    [ "$MODE" = cluster ] || die "$CMD needs --cluster"
-    [ "${#ARGS[@]}" -eq 2 ] && [[ "${ARGS[1]}" =~ ^[123]$ ]] || die "usage: kafka.sh $CMD 1|2|3 --cluster"
+    [ "$CLUSTER" = 1 ] || die "$CMD needs --cluster"
+    [ "${#ARGS[@]}" -eq 2 ] && [[ "${ARGS[1]}" =~ ^[123]$ ]] || die "usage: kafka.sh $CMD 1|2|3 --cluster [--secure]"
     echo "${ARGS[1]}"
 }
+
+# the addresses need no lock: deploy/local/secure.sh writes its identities from them
+case "$CMD" in
+    bootstrap) bootstrap; exit 0 ;;
+    mtls-bootstrap)
+        [ "$SECURE" = 1 ] || die "mtls-bootstrap needs --secure"
+        bootstrap mtls_port; exit 0 ;;
+esac
 
 # one operation at a time per stack (parallel test runners, two terminals)
 mkdir -p "$STACK"
@@ -564,13 +565,13 @@ case "$CMD" in
         n="$(node_arg)"
         fetch_jars
         if node_pid "$n" >/dev/null; then
-            log "cluster node $n already running"
+            log "$MODE node $n already running"
         else
             t0=$SECONDS
             prepare_nodes "$n"
             start_jvm "$n"
             wait_healthy "$n"
-            log "cluster node $n up in $((SECONDS - t0))s, broker $HOST:$(broker_port "$n")"
+            log "$MODE node $n up in $((SECONDS - t0))s, broker $HOST:$(broker_port "$n")"
         fi ;;
     *) usage ;;
 esac

@@ -5,18 +5,24 @@
 #
 #   deploy/local/secure.sh up       certificates, passwords, Kafka, ACLs, topics, ClickHouse,
 #                                   schema (each made only when missing)
-#   deploy/local/secure.sh down     stop both servers
+#   deploy/local/secure.sh down     stop Kafka, and ClickHouse unless the other Kafka uses it
 #   deploy/local/secure.sh status   whether they run
-#   deploy/local/secure.sh reset    down, then delete everything under .stack/secure/
+#   deploy/local/secure.sh reset    down (the cluster's too), then delete .stack/secure/
 #   deploy/local/secure.sh env NAME the identity file of component NAME (see below)
 #   deploy/local/secure.sh rotate-password NAME   a new password for Kafka principal NAME
 #                                   (e.g. publisher) or ClickHouse user NAME (e.g. cdr_sink)
 #   deploy/local/secure.sh rotate-cert              a new server certificate (same CA);
-#                                   restarts Kafka and ClickHouse
+#                                   restarts the secured Kafka(s) running and ClickHouse
 #   deploy/local/secure.sh compose  certificates, secrets and server configuration for
 #                                   docker-compose.secure.yml, in .stack/compose/ (once)
+#   up|down|status|reset|env ... --cluster   the same for the secured three-broker cluster
+#                                   (topics RF 3, min.insync.replicas 2) with the same CA,
+#                                   secrets, principals, ACLs and ClickHouse; reset --cluster
+#                                   deletes only its Kafka state and identities
 #
 # Kafka     SASL_SSL 127.0.0.1:39092 (SCRAM-SHA-512), mTLS 127.0.0.1:39094, controller 39093
+# cluster   SASL_SSL 127.0.0.1:49092,49192,49292, mTLS 49094,49194,49294, controllers 49093,
+#           49193,49293 (mTLS)
 # ClickHouse native TLS 127.0.0.1:39440 (no plaintext port, no HTTP port)
 #
 # .stack/secure/tls/          the CA, the servers' and the clients' certificates (tls.sh)
@@ -27,6 +33,7 @@
 #                               .venv/bin/cdr-pipeline worker --config deploy/demo/demo.toml
 #                             NAME: admin migrate publisher ingest worker sink rerate dashboard
 #                             report refresh broker, and NAME-mtls for the Kafka principals
+# .stack/secure/identities-cluster/  the same names for the cluster (its bootstrap, RF 3)
 #
 # Environment: CDR_SECURE_DATABASES ("cdr cdr_test": the databases the ClickHouse users
 # may use), CDR_CH_MAX_MEMORY_BYTES (2147483648), CDR_SECURE_PARTITIONS (3: partitions of
@@ -38,12 +45,31 @@ ROOT="$(cd -- "$HERE/../.." && pwd -P)"
 BASE="$ROOT/.stack/secure"
 TLS="$BASE/tls"
 SECRETS="$BASE/secrets"
-IDS="$BASE/identities"
+CLUSTER=0
+ARGS=()
+for a in "$@"; do
+    if [ "$a" = --cluster ]; then CLUSTER=1; else ARGS+=("$a"); fi
+done
+set -- ${ARGS[@]+"${ARGS[@]}"}
 CH="$BASE/clickhouse"
 PY="$ROOT/.venv/bin/python"
 HOST=127.0.0.1
-KAFKA_SASL_PORT=39092
-KAFKA_MTLS_PORT=39094
+# The secured Kafka this run is about: the single node, or with --cluster the three
+# brokers (their addresses from kafka.sh, which lays the nodes out). The other one is
+# OTHER_FLAGS: ClickHouse, which both use, stops with the last of them.
+if [ "$CLUSTER" = 1 ]; then
+    IDS="$BASE/identities-cluster"
+    KAFKA_FLAGS=(--cluster --secure)
+    OTHER_FLAGS=(--secure)
+    REPLICATION=3
+else
+    IDS="$BASE/identities"
+    KAFKA_FLAGS=(--secure)
+    OTHER_FLAGS=(--cluster --secure)
+    REPLICATION=1
+fi
+KAFKA_SASL_BOOTSTRAP="$("$HERE/kafka.sh" bootstrap "${KAFKA_FLAGS[@]}")"
+KAFKA_MTLS_BOOTSTRAP="$("$HERE/kafka.sh" mtls-bootstrap "${KAFKA_FLAGS[@]}")"
 CH_PORT=39440
 DATABASES="${CDR_SECURE_DATABASES:-cdr cdr_test}"
 MAX_MEMORY="${CDR_CH_MAX_MEMORY_BYTES:-2147483648}"
@@ -56,7 +82,7 @@ CH_USERS=(cdr_migrate cdr_sink cdr_rerate cdr_dashboard cdr_report cdr_refresh)
 
 log() { printf 'secure.sh: %s\n' "$*" >&2; }
 die() { printf 'secure.sh: error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- secrets
 new_secret() {  # file: 32 random characters, mode 0600, made only when missing
@@ -71,13 +97,17 @@ new_secret() {  # file: 32 random characters, mode 0600, made only when missing
 # component restarted (SIGTERM: it flushes and commits first) logs in with the new one
 # and resumes from its committed offsets (docs/security.md, Rotation).
 cmd_rotate_password() {
-    local name="$1" file tmp
+    local name="$1" file tmp ids
     if [ -f "$SECRETS/kafka-$name.password" ]; then
         [ "$name" != broker ] || die "the broker's own password: change it with reset (its storage keeps it)"
         file="$SECRETS/kafka-$name.password"
         tmp="$(mktemp -d)"
         new_secret "$tmp/kafka-$name.password"
-        env_of broker "$PY" -m pipeline.kafka.acls users "$tmp" >/dev/null || { rm -rf "$tmp"; die "could not set the new SCRAM credential of $name"; }
+        # every secured Kafka that runs learns it now; one stopped, at its next `up`
+        for ids in $(running_kafka_identities); do
+            IDS="$ids" env_of broker "$PY" -m pipeline.kafka.acls users "$tmp" >/dev/null \
+                || { rm -rf "$tmp"; die "could not set the new SCRAM credential of $name (${ids#"$ROOT"/})"; }
+        done
         mv "$tmp/kafka-$name.password" "$file"
         rm -rf "$tmp"
     elif [ -f "$SECRETS/ch-$name.password" ]; then
@@ -102,12 +132,29 @@ ch_await_password() {  # user: until the server takes the user's new password (u
 }
 
 cmd_rotate_cert() {
+    local flags
     "$HERE/tls.sh" rotate-server "$TLS"
-    "$HERE/kafka.sh" down --secure
-    "$HERE/kafka.sh" up --secure
+    for flags in "--secure" "--cluster --secure"; do
+        # shellcheck disable=SC2086  # two words
+        kafka_running $flags || continue
+        "$HERE/kafka.sh" down $flags
+        "$HERE/kafka.sh" up $flags
+    done
     ch_down
     ch_up
     log "servers restarted with the new certificate; clients trust the same CA"
+}
+
+kafka_running() {  # kafka.sh flags: whether a node of that secured Kafka runs
+    local status
+    status="$("$HERE/kafka.sh" status "$@" 2>/dev/null || true)"  # exit 3: a node stopped
+    [[ "$status" == *": running "* ]]
+}
+
+running_kafka_identities() {  # the identity folders of the secured Kafkas that run
+    kafka_running --secure && echo "$BASE/identities"
+    kafka_running --cluster --secure && echo "$BASE/identities-cluster"
+    return 0
 }
 
 # Everything docker-compose.secure.yml mounts, made once in .stack/compose/: the CA and the
@@ -162,7 +209,8 @@ ensure_secrets() {
 # ---------------------------------------------------------------- identities
 kafka_sasl() {  # principal
     cat <<EOF
-CDR_KAFKA_BOOTSTRAP=$HOST:$KAFKA_SASL_PORT
+CDR_KAFKA_BOOTSTRAP=$KAFKA_SASL_BOOTSTRAP
+CDR_KAFKA_REPLICATION_FACTOR=$REPLICATION
 CDR_KAFKA_SECURITY_PROTOCOL=SASL_SSL
 CDR_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
 CDR_KAFKA_USERNAME=$1
@@ -173,7 +221,8 @@ EOF
 
 kafka_mtls() {  # principal
     cat <<EOF
-CDR_KAFKA_BOOTSTRAP=$HOST:$KAFKA_MTLS_PORT
+CDR_KAFKA_BOOTSTRAP=$KAFKA_MTLS_BOOTSTRAP
+CDR_KAFKA_REPLICATION_FACTOR=$REPLICATION
 CDR_KAFKA_SECURITY_PROTOCOL=SSL
 CDR_KAFKA_CA_FILE=$TLS/ca.pem
 CDR_KAFKA_CERT_FILE=$TLS/clients/$1.pem
@@ -226,7 +275,9 @@ ensure_identities() {
 # ---------------------------------------------------------------- Kafka
 kafka_acls_and_topics() {
     # The ACLs of the default deployment (no topic prefix, worker app id cdr-correlator,
-    # sink group cdr-sink), as the broker's super user; the pipeline's topics as admin.
+    # sink group cdr-sink), as the broker's super user; the pipeline's topics as admin
+    # (replicated as the identities say: 3 on the cluster). The table is the same for the
+    # single node and the cluster: pipeline.kafka.acls.pipeline_grants.
     log "Kafka ACLs for the default topics, worker cdr-correlator, sink cdr-sink"
     # the principals' SCRAM credentials, also of principals added since the format
     env_of broker "$PY" -m pipeline.kafka.acls users "$SECRETS" >/dev/null
@@ -237,7 +288,8 @@ from pipeline.kafka.admin import default_topic_specs, ensure_topics
 from pipeline.runtime.settings import load_settings
 
 kafka = load_settings(env=None).kafka
-created = ensure_topics(kafka, default_topic_specs("", int(sys.argv[1]), 1))
+created = ensure_topics(kafka, default_topic_specs("", int(sys.argv[1]),
+                                                  kafka.replication_factor))
 print("secure.sh: topics created: " + (", ".join(created) or "none (all there)"), file=sys.stderr)
 PY
 }
@@ -489,16 +541,16 @@ cmd_up() {
     "$HERE/tls.sh" ensure "$TLS" admin publisher worker sink rerate
     ensure_secrets
     ensure_identities
-    "$HERE/kafka.sh" up --secure
+    "$HERE/kafka.sh" up "${KAFKA_FLAGS[@]}"
     kafka_acls_and_topics
     ch_up
     migrate_schema
-    log "secured stack up: Kafka SASL_SSL $HOST:$KAFKA_SASL_PORT, mTLS $HOST:$KAFKA_MTLS_PORT; ClickHouse TLS $HOST:$CH_PORT; identities in ${IDS#"$ROOT"/}/"
+    log "secured stack up: Kafka SASL_SSL $KAFKA_SASL_BOOTSTRAP, mTLS $KAFKA_MTLS_BOOTSTRAP; ClickHouse TLS $HOST:$CH_PORT; identities in ${IDS#"$ROOT"/}/"
 }
 
 cmd_status() {
     local rc=0 pid
-    "$HERE/kafka.sh" status --secure || rc=$?
+    "$HERE/kafka.sh" status "${KAFKA_FLAGS[@]}" || rc=$?
     if pid="$(ch_pid)"; then
         echo "clickhouse (secure): running pid $pid, native TLS $HOST:$CH_PORT"
     else
@@ -508,11 +560,28 @@ cmd_status() {
     return $rc
 }
 
-cmd_down() {
+cmd_down() {  # this mode's Kafka; ClickHouse too unless the other secured Kafka runs
     local rc=0
-    "$HERE/kafka.sh" down --secure || rc=$?
-    ch_down || rc=$?
+    "$HERE/kafka.sh" down "${KAFKA_FLAGS[@]}" || rc=$?
+    if kafka_running "${OTHER_FLAGS[@]}"; then
+        log "ClickHouse left running: the other secured Kafka (kafka.sh ${OTHER_FLAGS[*]}) runs"
+    else
+        ch_down || rc=$?
+    fi
     return $rc
+}
+
+cmd_reset() {
+    if [ "$CLUSTER" = 1 ]; then  # the cluster's own state; CA, secrets, ClickHouse stay
+        cmd_down
+        rm -rf -- "$BASE/kafka-cluster" "$IDS"
+        log "removed ${BASE#"$ROOT"/}/kafka-cluster and ${IDS#"$ROOT"/}"
+    else  # everything under .stack/secure/, the cluster's state included
+        "$HERE/kafka.sh" down --cluster --secure
+        cmd_down
+        rm -rf -- "$BASE"
+        log "removed ${BASE#"$ROOT"/}"
+    fi
 }
 
 mkdir -p "$ROOT/.stack"
@@ -523,10 +592,7 @@ case "${1:-}" in
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
-    reset)
-        cmd_down
-        rm -rf -- "$BASE"
-        log "removed ${BASE#"$ROOT"/}" ;;
+    reset) cmd_reset ;;
     rotate-password)
         [ $# -eq 2 ] || usage
         cmd_rotate_password "$2" ;;
@@ -534,7 +600,7 @@ case "${1:-}" in
     compose) cmd_compose ;;
     env)
         [ $# -eq 2 ] || usage
-        [ -f "$IDS/$2.env" ] || die "no identity $2 (run secure.sh up; names: $(ls "$IDS" 2>/dev/null | sed 's/\.env$//' | tr '\n' ' '))"
+        [ -f "$IDS/$2.env" ] || die "no identity $2 (run secure.sh up${KAFKA_FLAGS[1]:+ --cluster}; names: $(ls "$IDS" 2>/dev/null | sed 's/\.env$//' | tr '\n' ' '))"
         echo "$IDS/$2.env" ;;
     *) usage ;;
 esac

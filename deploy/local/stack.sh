@@ -6,6 +6,9 @@
 #   deploy/local/stack.sh up|down|status|reset --secure
 # The secured stack instead (deploy/local/secure.sh, docs/security.md): Kafka SASL_SSL
 # 39092 / mTLS 39094 with ACLs, ClickHouse TLS 39440 with a user per component.
+#   deploy/local/stack.sh up|down|status|reset --secure --cluster
+# The secured three-broker Kafka cluster (SASL_SSL 49092,49192,49292, mTLS 49094,49194,
+# 49294) with the same principals and ACLs, and the same secured ClickHouse.
 #   deploy/local/stack.sh up|down|status|reset --cluster
 # The clusters instead: Kafka 3 brokers (127.0.0.1:29092,29192,29292) and ClickHouse 2
 # shards x 2 replicas (native 19100-19103, cluster cdr_cluster) with ZooKeeper (12181);
@@ -13,14 +16,16 @@
 set -euo pipefail
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 cmd="${1:-status}"
+secure=() cluster=()
 for arg in "$@"; do
-    if [[ "$arg" == "--secure" ]]; then
-        case "$cmd" in
-            up|down|status|reset) exec "$HERE/secure.sh" "$cmd" ;;
-            *) echo "stack.sh: --secure goes with up, down, status or reset" >&2; exit 2 ;;
-        esac
-    fi
+    case "$arg" in --secure) secure=(--secure) ;; --cluster) cluster=(--cluster) ;; esac
 done
+if [[ ${#secure[@]} -gt 0 ]]; then
+    case "$cmd" in
+        up|down|status|reset) exec "$HERE/secure.sh" "$cmd" ${cluster[@]+"${cluster[@]}"} ;;
+        *) echo "stack.sh: --secure goes with up, down, status or reset" >&2; exit 2 ;;
+    esac
+fi
 for arg in "$@"; do
     if [[ "$arg" == "--cluster" ]]; then
         rc=0

@@ -25,6 +25,7 @@ cleanup() {
     "$HERE/kafka.sh" down --cluster >/dev/null 2>&1 || true
     "$HERE/clickhouse.sh" down --cluster >/dev/null 2>&1 || true
     "$HERE/secure.sh" down >/dev/null 2>&1 || true
+    "$HERE/secure.sh" down --cluster >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 for svc in clickhouse kafka; do

@@ -125,14 +125,44 @@ def remove_grants(kafka: Any, grants: Sequence[Grant], timeout_s: float = 30) ->
     return _run(kafka, grants, timeout_s, remove=True)
 
 
-def _run(kafka: Any, grants: Sequence[Grant], timeout_s: float, remove: bool) -> int:
+def missing_grants(kafka: Any, grants: Sequence[Grant], timeout_s: float = 30) -> list[Grant]:
+    """The grants of which the cluster lacks an ACL (a check that a cluster, the single
+    node or the three brokers, holds the table). `kafka` must be allowed to describe
+    ACLs (the broker's principal)."""
     from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    admin = _admin(kafka, "cdr-pipeline-acls")
+    # None: any name, principal, host (the stubs type them str only)
+    every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY,  # type: ignore[arg-type]
+                             None, None, AclOperation.ANY, AclPermissionType.ANY)  # type: ignore[arg-type]
+    try:
+        held = set(admin.describe_acls(every, request_timeout=timeout_s).result(timeout_s + 5))
+    except KafkaException as exc:
+        raise PipelineError(f"cannot describe Kafka ACLs: {exc.args[0]}") from None
+    return [g for g in grants if not set(_bindings([g])) <= held]
+
+
+def _admin(kafka: Any, client_id: str) -> Any:
+    """An AdminClient of `kafka`'s cluster (settings or a bootstrap string)."""
     from confluent_kafka.admin import AdminClient
 
     from pipeline.kafka.clients import client_config, settings_of
 
-    admin = AdminClient(client_config(settings_of(kafka), **{
-        "client.id": "cdr-pipeline-acls", "logger": logging.getLogger(f"{__name__}.librdkafka")}))
+    return AdminClient(client_config(settings_of(kafka), **{
+        "client.id": client_id, "logger": logging.getLogger(f"{__name__}.librdkafka")}))
+
+
+def _run(kafka: Any, grants: Sequence[Grant], timeout_s: float, remove: bool) -> int:
+    from confluent_kafka import KafkaException
+
+    admin = _admin(kafka, "cdr-pipeline-acls")
     bindings = _bindings(grants, filters=remove)
     what = "delete" if remove else "create"
     try:
@@ -156,23 +186,19 @@ def upsert_users(kafka: Any, passwords: dict[str, str], timeout_s: float = 30) -
     password. `kafka` must be allowed to alter the cluster (the broker's principal)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import (  # type: ignore[attr-defined]  # no __all__ there
-        AdminClient,
         ScramCredentialInfo,
         ScramMechanism,
         UserScramCredentialUpsertion,
     )
 
-    from pipeline.kafka.clients import client_config, settings_of
-
-    admin = AdminClient(client_config(settings_of(kafka), **{
-        "client.id": "cdr-pipeline-users", "logger": logging.getLogger(f"{__name__}.librdkafka")}))
+    admin = _admin(kafka, "cdr-pipeline-users")
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
     changes = [UserScramCredentialUpsertion(name, info, password.encode("utf-8"))
                for name, password in sorted(passwords.items())]
     if not changes:
         return []
     try:
-        for future in admin.alter_user_scram_credentials(changes).values():  # type: ignore[arg-type]
+        for future in admin.alter_user_scram_credentials(changes).values():
             future.result(timeout=timeout_s)
     except KafkaException as exc:
         raise PipelineError(f"cannot set SCRAM credentials: {exc.args[0]}") from None

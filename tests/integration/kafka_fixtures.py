@@ -105,10 +105,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextmanager
-def _local_stack(mode: str, is_up: Callable[[], bool], up_args: tuple[str, ...]) -> Iterator[None]:
-    """Start the local stack if needed; stop it after the last test session that uses it,
-    if a test session started it."""
-    state = REPO_ROOT / ".stack" / "kafka" / mode
+def leased_stack(state: Path, is_up: Callable[[], bool], start: Callable[[], object],
+                 stop: Callable[[], object], keep: Callable[[], bool] = _keep) -> Iterator[None]:
+    """Run `start` unless `is_up`; after the last test session using the stack (each
+    holds a lease file under `state`/leases/), run `stop` if a test session started it
+    (`state`/started-by-tests) and `keep` does not say to leave it running."""
     leases = state / "leases"
     marker = state / "started-by-tests"
     leases.mkdir(parents=True, exist_ok=True)
@@ -116,15 +117,24 @@ def _local_stack(mode: str, is_up: Callable[[], bool], up_args: tuple[str, ...])
     lease.touch()
     try:
         if not is_up():
-            kafka_sh(*up_args)
+            start()
             marker.touch()
         yield
     finally:
         lease.unlink(missing_ok=True)
         others = [f for f in leases.iterdir() if f.name.isdigit() and _pid_alive(int(f.name))]
-        if marker.exists() and not others and not _keep():
-            kafka_sh("down", *up_args[1:])
+        if marker.exists() and not others and not keep():
+            stop()
             marker.unlink(missing_ok=True)
+
+
+@contextmanager
+def _local_stack(mode: str, is_up: Callable[[], bool], up_args: tuple[str, ...]) -> Iterator[None]:
+    """Start the local stack if needed; stop it after the last test session that uses it,
+    if a test session started it."""
+    with leased_stack(REPO_ROOT / ".stack" / "kafka" / mode, is_up,
+                      lambda: kafka_sh(*up_args), lambda: kafka_sh("down", *up_args[1:])):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,11 @@ secure_stack, secure_pipeline  # noqa: F401``).
   its own topic prefix, worker app id and sink group, their ACLs, the topics made by the
   admin principal, the database ``cdr_test`` emptied, every process under its own
   identity.
+- ``secure_cluster`` (session) and ``secure_cluster_pipeline`` (function): the same on
+  the secured three-broker Kafka (``secure.sh up --cluster``: SASL_SSL 49092/49192/49292,
+  the same principals, ACLs and ClickHouse; topics RF 3, min.insync.replicas 2), as a
+  ``SecureCluster`` that also stops and starts a broker (``kafka.sh stop-node N
+  --cluster --secure``). Its leases are under ``.stack/secure/kafka-cluster/leases/``.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ from pipeline.runtime.settings import (
 )
 from pipeline.storage.migrate import migrate
 from pipeline.storage.url import open_clickhouse
+from tests.integration.kafka_fixtures import kafka_sh, leased_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECURE_SH = REPO_ROOT / "deploy" / "local" / "secure.sh"
 BASE = REPO_ROOT / ".stack" / "secure"
 IDENTITIES = BASE / "identities"
+CLUSTER_IDENTITIES = BASE / "identities-cluster"
 SECRETS = BASE / "secrets"
 CA_FILE = BASE / "tls" / "ca.pem"
 KAFKA_SASL = "127.0.0.1:39092"
@@ -77,6 +84,12 @@ class SecureStack:
     """The running secured stack and the identities of its components."""
 
     identities: Path = IDENTITIES
+    node_ids: tuple[int, ...] = (1,)
+
+    @property
+    def bootstrap(self) -> str:
+        """The SASL_SSL listeners' addresses, as the identities have them."""
+        return self.env("broker")["CDR_KAFKA_BOOTSTRAP"]
 
     def env(self, name: str) -> dict[str, str]:
         """The CDR_* settings of component `name` (paths of secret files, no secret)."""
@@ -108,14 +121,16 @@ class SecureStack:
     @contextmanager
     def grants(self, prefix: str, app_id: str, sink_group: str) -> Iterator[None]:
         """The ACLs of a deployment with these names, applied by the broker's super user
-        for the duration of the block."""
+        for the duration of the block. Those it shares with the stack's own deployment
+        (rerate's group prefix, which pipeline.rerate names its groups with) stay."""
         grants = pipeline_grants(prefix, app_id, sink_group)
+        shared = pipeline_grants()
         broker = self.kafka("broker")
         apply_grants(broker, grants)
         try:
             yield
         finally:
-            remove_grants(broker, grants)
+            remove_grants(broker, [g for g in grants if g not in shared])
 
     def reset_database(self, database: str = TEST_DATABASE) -> None:
         """Drop and re-create `database` as the migrate user (the only one with DDL)."""
@@ -126,71 +141,96 @@ class SecureStack:
         finally:
             backend.close()
 
+    def live_brokers(self, timeout_s: float = 5.0) -> set[int]:
+        """Ids of the brokers in the cluster's metadata, asked as the broker's super user
+        (empty if nothing answers)."""
+        from confluent_kafka.admin import AdminClient
 
-def _is_up() -> bool:
-    if not (IDENTITIES / "broker.env").is_file() or not CA_FILE.is_file():
+        from pipeline.kafka.clients import client_config
+
+        admin = AdminClient(client_config(self.kafka("broker"), log_level=0))
+        try:
+            return set(admin.list_topics(timeout=timeout_s).brokers)
+        except Exception:  # noqa: BLE001 - "not reachable" is the answer
+            return set()
+
+
+@dataclass(frozen=True)
+class SecureCluster(SecureStack):
+    """The secured three-broker Kafka (kafka.sh --cluster --secure) and the secured
+    ClickHouse: the same principals and ACLs as the single node, topics RF 3."""
+
+    identities: Path = CLUSTER_IDENTITIES
+    node_ids: tuple[int, ...] = (1, 2, 3)
+
+    def stop_node(self, node: int) -> None:
+        kafka_sh("stop-node", str(node), "--cluster", "--secure")
+
+    def start_node(self, node: int) -> None:
+        """Start a broker and return once it is registered and unfenced again."""
+        kafka_sh("start-node", str(node), "--cluster", "--secure")
+
+
+def _is_up(stack: SecureStack) -> bool:
+    """Every broker of `stack` live and ClickHouse answering its migrate user."""
+    if not (stack.identities / "broker.env").is_file() or not CA_FILE.is_file():
         return False
-    if not (_port_open(39092) and _port_open(CLICKHOUSE_PORT)):
+    ports = [int(a.rsplit(":", 1)[1]) for a in stack.bootstrap.split(",")]
+    if not all(_port_open(p) for p in [*ports, CLICKHOUSE_PORT]):
+        return False
+    if stack.live_brokers() != set(stack.node_ids):
         return False
     try:
-        backend = SecureStack().backend("migrate", "default")
+        backend = stack.backend("migrate", "default")
         try:
-            return backend.execute("SELECT 1") == [(1,)]
+            return bool(backend.execute("SELECT 1") == [(1,)])
         finally:
             backend.close()
     except Exception:  # noqa: BLE001 - "not (fully) up" is the answer
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _keep() -> bool:
+    return os.environ.get("CDR_SECURE_KEEP", "") not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
 def secure_stack() -> Iterator[SecureStack]:
-    leases = BASE / "leases"
-    marker = BASE / "started-by-tests"
-    leases.mkdir(parents=True, exist_ok=True)
-    lease = leases / str(os.getpid())
-    lease.touch()
-    try:
-        if not _is_up():
-            secure_sh("up")
-            marker.touch()
-        yield SecureStack()
-    finally:
-        lease.unlink(missing_ok=True)
-        others = [f for f in leases.iterdir() if f.name.isdigit() and _pid_alive(int(f.name))]
-        keep = os.environ.get("CDR_SECURE_KEEP", "") not in ("", "0", "false", "no")
-        if marker.exists() and not others and not keep:
-            secure_sh("down")
-            marker.unlink(missing_ok=True)
+    stack = SecureStack()
+    with leased_stack(BASE, lambda: _is_up(stack), lambda: secure_sh("up"),
+                      lambda: secure_sh("down"), _keep):
+        yield stack
 
 
-@pytest.fixture
-def secure_pipeline(secure_stack: SecureStack, tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="session")
+def secure_cluster() -> Iterator[SecureCluster]:
+    cluster = SecureCluster()
+    with leased_stack(BASE / "kafka-cluster", lambda: _is_up(cluster),
+                      lambda: secure_sh("up", "--cluster"),
+                      lambda: secure_sh("down", "--cluster"), _keep):
+        yield cluster
+
+
+@contextmanager
+def pipeline_on(stack: SecureStack, tmp_path: Path) -> Iterator[Any]:
+    """The e2e harness's Pipeline on `stack` with names, ACLs and topics of its own
+    (replicated as the stack's identities say) and `cdr_test` emptied."""
     from tests.e2e.harness import Pipeline
 
     name = f"sec{uuid.uuid4().hex[:8]}"
     prefix = f"{name}-"
     app_id, sink_group = f"{prefix}corr", f"{prefix}sink"
-    admin = secure_stack.kafka("admin")
-    specs = default_topic_specs(prefix, PARTITIONS, 1)
-    secure_stack.reset_database()
-    backend = secure_stack.backend("migrate")
+    admin = stack.kafka("admin")
+    specs = default_topic_specs(prefix, PARTITIONS, admin.replication_factor)
+    stack.reset_database()
+    backend = stack.backend("migrate")
     pipeline = Pipeline(
-        KAFKA_SASL, backend, tmp_path, name=name, kafka=admin,
-        component_env=secure_stack.env, database_name=TEST_DATABASE,
-        url_options=f"?secure=1&ca_file={CA_FILE}",
+        stack.bootstrap, backend, tmp_path, name=name, kafka=admin,
+        component_env=stack.env, database_name=TEST_DATABASE,
+        url_options=f"?secure=1&ca_file={CA_FILE}", replication_factor=admin.replication_factor,
     )
     assert pipeline.app_id == app_id
-    with secure_stack.grants(prefix, app_id, sink_group):
+    with stack.grants(prefix, app_id, sink_group):
         ensure_topics(admin, specs)
         try:
             yield pipeline
@@ -201,3 +241,15 @@ def secure_pipeline(secure_stack: SecureStack, tmp_path: Path) -> Iterator[Any]:
                     proc.wait(30)
             delete_topics(admin, [s.name for s in specs] + worker_topics(app_id))
             backend.close()
+
+
+@pytest.fixture
+def secure_pipeline(secure_stack: SecureStack, tmp_path: Path) -> Iterator[Any]:
+    with pipeline_on(secure_stack, tmp_path) as pipeline:
+        yield pipeline
+
+
+@pytest.fixture
+def secure_cluster_pipeline(secure_cluster: SecureCluster, tmp_path: Path) -> Iterator[Any]:
+    with pipeline_on(secure_cluster, tmp_path) as pipeline:
+        yield pipeline
