@@ -4,11 +4,13 @@ versions they wait for.
 
 With `--identities DIR` (deploy/local/secure.sh makes DIR: .stack/secure/identities)
 the demo runs on the secured stack, each part under its own identity: topics checked
-as `admin`, the schema migrated as `migrate`, events published as `publisher`, the
-worker as `worker`, the sink as `sink`, the CDRs read and reported as `report`. There
-the topics, ACLs and consumer groups are the deployment's own (no topic prefix,
-worker cdr-correlator, sink cdr-sink): they outlive the run, and the run's calls are
-told apart by their call ids."""
+as `admin`, the schema migrated as `migrate`, events published as `publisher` (the SIP
+demo: by the Kamailio adapter as `ingest`, read back as `rerate`), the worker as
+`worker`, the sink as `sink`, the CDRs read and reported as `report`. There the topics,
+ACLs and consumer groups are the deployment's own (no topic prefix, worker
+cdr-correlator, sink cdr-sink): they outlive the run, and the run's calls are told apart
+by their call ids. DIR may be either secured Kafka's (.stack/secure/identities or
+identities-cluster): the identities say where it is."""
 
 from __future__ import annotations
 
@@ -52,10 +54,21 @@ def component_settings(args: argparse.Namespace, name: str) -> Any:
     return load_settings(args.config, env=identity_env(getattr(args, "identities", None), name))
 
 
+def process_env(args: argparse.Namespace, name: str, prefix: str) -> dict[str, str]:
+    """The environment of the run's subprocess `name` (worker, sink, ingest): its
+    identity's on the secured stack, the run's topic prefix, and off it the run's
+    bootstrap (on it the identity says where Kafka is)."""
+    identities = getattr(args, "identities", None)
+    env = identity_env(identities, name)
+    env["CDR_KAFKA_TOPIC_PREFIX"] = prefix
+    if identities is None:
+        env["CDR_KAFKA_BOOTSTRAP"] = args.bootstrap
+    return env
+
+
 def start_processes(args: argparse.Namespace, prefix: str, url: str, workdir: Path, *,
                     app_id: str | None = None,
                     sink_group: str | None = None) -> list[subprocess.Popen[bytes]]:
-    identities = getattr(args, "identities", None)
     exe = [sys.executable, "-m", "pipeline.cli"]
     worker = [*exe, "worker", "--config", str(args.config),
               "--app-id", app_id or app_id_for(prefix), "--data-dir", str(workdir / "worker")]
@@ -63,13 +76,9 @@ def start_processes(args: argparse.Namespace, prefix: str, url: str, workdir: Pa
             "--clickhouse", url, "--topic", f"{prefix}cdrs"]
     procs = []
     for name, cmd in (("worker", worker), ("sink", sink)):
-        env = identity_env(identities, name)
-        env["CDR_KAFKA_TOPIC_PREFIX"] = prefix
-        if identities is None:
-            env["CDR_KAFKA_BOOTSTRAP"] = args.bootstrap
         handle = (workdir / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                      cwd=ROOT))
+        procs.append(subprocess.Popen(cmd, env=process_env(args, name, prefix), stdout=handle,
+                                      stderr=subprocess.STDOUT, cwd=ROOT))
     return procs
 
 
@@ -101,7 +110,7 @@ class DemoRun:
     config: Any  # BillingConfig
     url: str
     run: str
-    prefix: str
+    prefix: str  # of the run's topics: "" on the secured stack
     workdir: Path
     backend: Any  # reads the CDRs (as `report` on the secured stack)
     database: str
@@ -111,6 +120,7 @@ class DemoRun:
     app_id: str
     sink_group: str
     owns_topics: bool = True  # False: the deployment's topics, left alone at the end
+    tag: str = ""  # <kind>-<run>-: the run's name as a prefix (of the SIP demo's Call-IDs)
 
 
 def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
@@ -133,7 +143,8 @@ def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
     ddl = component_settings(args, "migrate").clickhouse
     url = args.clickhouse or ddl.url
     run = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    prefix = "" if secured else f"{kind}-{run}-"
+    tag = f"{kind}-{run}-"
+    prefix = "" if secured else tag
     workdir = ROOT / "out" / f"{kind}-{run}"
     workdir.mkdir(parents=True, exist_ok=True)
     backend, database = open_clickhouse(ddl, url)
@@ -144,12 +155,12 @@ def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
             backend.close()
     if secured:
         backend, _ = open_clickhouse(component_settings(args, "report").clickhouse, url)
-    specs = default_topic_specs(prefix, admin.partitions, 1)
+    specs = default_topic_specs(prefix, admin.partitions, admin.replication_factor)
     ensure_topics(admin, specs)
     app_id, sink_group = ("cdr-correlator", "cdr-sink") if secured else (
         app_id_for(prefix), f"{prefix}sink")
     return DemoRun(config, url, run, prefix, workdir, backend, database, list(specs), admin,
-                   publisher, app_id, sink_group, owns_topics=not secured)
+                   publisher, app_id, sink_group, owns_topics=not secured, tag=tag)
 
 
 def remove_topics(demo: DemoRun) -> None:

@@ -11,6 +11,12 @@ checks the newest CDRs equal what `rate-file` computes from the adapter's events
 (read back from the call-events topic), and prints the demo's report. Everything
 it started is stopped and its topics deleted; the CDRs stay in ClickHouse, under
 Call-IDs that start with sipdemo-<run>-.
+
+With `--identities` (deploy/local/demo.sh --secure --sip) it runs on the secured stack
+like the simulator's demo (pipeline/demo/common.py): the adapter publishes as `ingest`,
+the events are read back as `rerate` (with `ingest`, the worker and `rerate` the only
+principals that may touch call-events, and only `rerate` may read it outside the
+worker's group), on the deployment's topics, which stay.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -156,6 +161,8 @@ def place_calls(node: SwitchNode, cid_prefix: str) -> list[Placed]:
 
 def _start_adapter(config: Path, node: SwitchNode, env: dict[str, str], workdir: Path,
                    health_port: int) -> subprocess.Popen[bytes]:
+    """`cdr-pipeline ingest kamailio` on the node's evapi and journal, with `env` (its
+    identity on the secured stack)."""
     state = workdir / "adapter-state"
     state.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "kamailio", "--config", str(config),
@@ -197,16 +204,19 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
 # --- what the pipeline made of it --------------------------------------------------------
 
 
-def topic_events(kafka: Any, topic: str) -> list[dict[str, Any]]:
-    """Every CallEvent on `topic` (read to its end offsets), as rate-file input dicts;
-    `kafka`: the [kafka] settings or a (plaintext) bootstrap string."""
+def topic_events(kafka: Any, topic: str, call_prefix: str = "",
+                 group: str = "sipdemo-reader") -> list[dict[str, Any]]:
+    """Every CallEvent on `topic` (read to its end offsets) whose call id starts with
+    `call_prefix`, as rate-file input dicts; `kafka`: the [kafka] settings or a
+    (plaintext) bootstrap string. `group` only names the reader (it assigns partitions
+    and commits nothing); a principal needs READ on it all the same."""
     from confluent_kafka import Consumer, TopicPartition
 
     from pipeline.avro import codec
     from pipeline.kafka.clients import client_config, settings_of
 
     consumer = Consumer(client_config(settings_of(kafka), **{
-        "group.id": "sipdemo-reader", "enable.auto.commit": False}))
+        "group.id": group, "enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
@@ -227,7 +237,8 @@ def topic_events(kafka: Any, topic: str) -> list[dict[str, Any]]:
                 items = headers.items() if isinstance(headers, dict) else headers
                 if not codec.is_tick([(k, v) for k, v in items if isinstance(v, bytes)]):
                     raw = codec.decode_event_dict(msg.value() or b"")
-                    events.append({k: v for k, v in raw.items() if v is not None})
+                    if str(raw.get("call_id", "")).startswith(call_prefix):
+                        events.append({k: v for k, v in raw.items() if v is not None})
                 if offset + 1 >= ends[part][1]:
                     left.discard(part)
         if left:
@@ -235,6 +246,17 @@ def topic_events(kafka: Any, topic: str) -> list[dict[str, Any]]:
     finally:
         consumer.close()
     return events
+
+
+def events_reader(args: argparse.Namespace, run: str) -> tuple[Any, str]:
+    """Who reads the run's events back, and under which group name: off the secured
+    stack anyone (the run's bootstrap); on it `rerate`, under a group of its prefix."""
+    if getattr(args, "identities", None) is None:
+        return args.bootstrap, "sipdemo-reader"
+    from pipeline.demo.common import component_settings
+    from pipeline.kafka.acls import RERATE_GROUP_PREFIX
+
+    return component_settings(args, "rerate").kafka, f"{RERATE_GROUP_PREFIX}sipdemo-{run}"
 
 
 def rate_events(events: Sequence[dict[str, Any]], config: Any,
@@ -335,18 +357,21 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
     from pipeline.dashboard.report import Filters, build_report, format_report
-    from pipeline.demo.common import prepare_run, remove_topics, start_processes, stop_processes
+    from pipeline.demo.common import (
+        prepare_run,
+        process_env,
+        remove_topics,
+        start_processes,
+        stop_processes,
+    )
 
     check_args(args)
-    if getattr(args, "identities", None) is not None:
-        raise PipelineError("--sip runs on the plaintext stack only (the secured stack has no "
-                            "identity for the Kamailio adapter's demo run): leave out --identities")
     if args.config == default_config:
         args.config = SIP_CONFIG  # the accounts and gateways the switch node sends
     demo = prepare_run(args, "sipdemo")
     config, url, run, prefix, workdir = demo.config, demo.url, demo.run, demo.prefix, demo.workdir
     backend, database = demo.backend, demo.database
-    env = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=args.bootstrap)
+    calls_prefix = demo.tag  # the Call-IDs: the run's own, also on the deployment's topics
     print(f"sip demo {run}: starting the Kamailio switch node, the adapter, a worker and a sink",
           file=sys.stderr)
     procs: list[subprocess.Popen[bytes]] = []
@@ -359,26 +384,29 @@ def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
         except (RuntimeError, FileNotFoundError, TimeoutError) as exc:
             raise PipelineError(f"{exc} (deploy/local/kamailio.sh install sets it up)") from None
         (health_port,) = free_ports(1)
-        adapter = _start_adapter(args.config, node, env, workdir, health_port)
-        procs = start_processes(args, prefix, url, workdir)
+        adapter = _start_adapter(args.config, node, process_env(args, "ingest", prefix),
+                                 workdir, health_port)
+        procs = start_processes(args, prefix, url, workdir, app_id=demo.app_id,
+                                sink_group=demo.sink_group)
         wait_ready(adapter, health_port, 60)
         calls = sum(len(b.cases) for b in BATCHES)
         print(f"placing {calls} SIP calls with SIPp (about {MAX_CALL_S + NO_ANSWER_S + 4} s)",
               file=sys.stderr)
         t0 = time.monotonic()
-        placed = place_calls(node, prefix)
+        placed = place_calls(node, calls_prefix)
         placed_s = time.monotonic() - t0
         sipp_ids = {cid for p in placed for cid in p.cases}
-        waited = wait_stored_ids(backend, database, prefix, sipp_ids, [adapter, *procs],
+        waited = wait_stored_ids(backend, database, calls_prefix, sipp_ids, [adapter, *procs],
                                  args.timeout)
-        events = topic_events(args.bootstrap, f"{prefix}call-events")
+        reader, group = events_reader(args, run)
+        events = topic_events(reader, f"{prefix}call-events", calls_prefix, group)
         expected = rate_events(events, config, workdir / "events.jsonl")
         if set(expected) != sipp_ids:
             raise PipelineError(f"the adapter's events rate {len(expected)} calls, SIPp placed "
                                 f"{len(sipp_ids)}; see {workdir}")
-        wait_stored(backend, database, prefix, {c: v.version for c, v in expected.items()},
-                    [adapter, *procs], args.timeout)
-        got = stored_cdrs(backend, database, prefix)
+        wait_stored(backend, database, calls_prefix,
+                    {c: v.version for c, v in expected.items()}, [adapter, *procs], args.timeout)
+        got = stored_cdrs(backend, database, calls_prefix)
         differ = sorted(c for c in expected if got.get(c) != expected[c])
         if differ:
             raise PipelineError(f"{len(differ)} CDRs in ClickHouse differ from rate-file, e.g. "
@@ -395,7 +423,7 @@ def run_sip_demo(args: argparse.Namespace, default_config: Path) -> int:
           f"({len(expected)} calls). Logs, SIPp records and events: {workdir}", file=sys.stderr)
     print(calls_table(placed, got))
     print()
-    print(format_report(build_report(backend, database, Filters(call_id_prefix=prefix))))
+    print(format_report(build_report(backend, database, Filters(call_id_prefix=calls_prefix))))
     backend.close()
     return 0
 
