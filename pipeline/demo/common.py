@@ -149,7 +149,7 @@ def prepare_run(args: argparse.Namespace, kind: str) -> DemoRun:
     workdir.mkdir(parents=True, exist_ok=True)
     backend, database = open_clickhouse(ddl, url)
     try:
-        migrate(backend, database)
+        migrate(backend, database, cluster=ddl.cluster or None)
     finally:
         if secured:
             backend.close()
