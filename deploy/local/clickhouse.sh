@@ -72,6 +72,8 @@ fi
 
 log() { printf '[clickhouse.sh] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 server_bin() {
     # Debian ships /usr/sbin/clickhouse-server (not on every user's PATH).
@@ -94,17 +96,7 @@ cmd_install() {
         log "clickhouse-server and clickhouse-client already installed: $(server_version_string)"
         return 0
     fi
-    [[ "$(id -u)" -eq 0 ]] || die "install needs root (apt-get); run as root or install clickhouse-server clickhouse-client yourself"
-    export DEBIAN_FRONTEND=noninteractive
-    log "apt-get update"
-    apt-get update -q >/dev/null
-    log "apt-get install -y clickhouse-server clickhouse-client"
-    # The package's postinst may try to start the service through invoke-rc.d;
-    # containers usually deny that (policy-rc.d exit 101). Either way this
-    # script never uses the system service: `up` runs its own instance.
-    apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        clickhouse-server clickhouse-client >/dev/null
+    apt_install clickhouse-server clickhouse-client
     installed || die "apt-get finished but clickhouse-server/clickhouse-client are not on PATH"
     log "installed: $(server_version_string)"
 }
@@ -213,15 +205,8 @@ EOF
 
 # --- process helpers -----------------------------------------------------------
 
-pid_alive() {
-    local pid
-    [[ -f "${PID_FILE}" ]] || return 1
-    pid="$(cat "${PID_FILE}" 2>/dev/null || true)"
-    [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "${pid}" 2>/dev/null || return 1
-    # Guard against a recycled pid: it must still be a clickhouse process.
-    grep -q clickhouse "/proc/${pid}/cmdline" 2>/dev/null
-}
+# A live process of this pid file, and still a clickhouse one (not a recycled pid).
+pid_alive() { pidfile_alive "${PID_FILE}" clickhouse; }
 
 running_pid() { pid_alive && cat "${PID_FILE}"; }
 

@@ -35,7 +35,6 @@ ROOT="$(cd -- "$SCRIPT_DIR/../.." && pwd -P)"
 POM="$SCRIPT_DIR/kafka/pom.xml"
 STACK="$ROOT/.stack/kafka"
 LIBS="$STACK/libs"
-STAMP="$LIBS/.pom.sha256"
 
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 JVM_OPTS="${KAFKA_JVM_OPTS:-}"
@@ -47,6 +46,8 @@ HOST=127.0.0.1
 
 log() { printf 'kafka.sh: %s\n' "$*"; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 usage() {
     sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -112,46 +113,11 @@ node_pid() {
 }
 
 # ---------------------------------------------------------------- jars
-# The JDK runs the broker and Maven fetches its jars: both from Debian's packages
-# when missing (as root), so a fresh machine needs nothing installed by hand.
-ensure_debian_tools() {
-    local missing=()
-    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
-    command -v "${MVN%% *}" >/dev/null || missing+=(maven)
-    ((${#missing[@]})) || return 0
-    [[ "$(id -u)" -eq 0 ]] || die "${missing[*]} missing; install them (Kafka 4.x needs Java 17+) or run as root"
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
-        || die "apt-get could not install ${missing[*]}"
-}
-
+# The JDK and Maven from Debian's packages when missing, then the jars (lib.sh).
 fetch_jars() {
-    ensure_debian_tools
+    ensure_java_maven
     command -v java >/dev/null || die "java not found (Kafka 4.x needs Java 17+)"
-    local want have=""
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
-    if [ "$want" = "$have" ] && compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
-        return 0
-    fi
-    command -v "${MVN%% *}" >/dev/null || die "maven ($MVN) not found; needed once to fetch the Kafka jars"
-    log "fetching Kafka jars from Maven Central into ${LIBS#"$ROOT"/} ..."
-    local tmp="$STACK/libs.tmp.$$"
-    rm -rf "$tmp"
-    mkdir -p "$STACK"
-    # shellcheck disable=SC2086
-    if ! $MVN -q -B -f "$POM" dependency:copy-dependencies \
-            -DincludeScope=runtime -DoutputDirectory="$tmp" >"$STACK/fetch.log" 2>&1; then
-        rm -rf "$tmp"
-        die "jar fetch failed, see $STACK/fetch.log"
-    fi
-    compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "no kafka jar fetched, see $STACK/fetch.log"; }
-    echo "$want" >"$tmp/.pom.sha256"
-    rm -rf "$LIBS"
-    mv "$tmp" "$LIBS"
-    log "jars ready ($(find "$LIBS" -name '*.jar' | wc -l) jars)"
+    maven_fetch "$POM" "$LIBS" "kafka_2.13-*.jar" Kafka
 }
 
 # ---------------------------------------------------------------- secure mode

@@ -59,6 +59,8 @@ PACKAGES=(kamailio kamailio-extra-modules kamailio-json-modules sip-tester)
 
 log() { printf '[kamailio.sh] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 for _v in SIP_PORT EVAPI_PORT MAX_CALL_S NO_ANSWER_S FR_TIMER_MS CHILDREN SHM_MB LOG_LEVEL; do
     if ! [[ "${!_v}" =~ ^[0-9]+$ ]]; then
@@ -86,20 +88,7 @@ cmd_install() {
         log "already installed: $("$(kam_bin)" -v 2>/dev/null | head -n1)"
         return 0
     fi
-    [[ "$(id -u)" -eq 0 ]] || die "install needs root (apt-get); install ${PACKAGES[*]} yourself"
-    export DEBIAN_FRONTEND=noninteractive
-    log "apt-get install -y ${PACKAGES[*]}"
-    # Debian's postinst does not start the system service (it is disabled
-    # until configured); either way this script never uses it.
-    if ! apt-get install -y -q --no-install-recommends \
-        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        "${PACKAGES[@]}" >/dev/null; then
-        log "install failed; apt-get update and retry"
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends \
-            -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-            "${PACKAGES[@]}" >/dev/null
-    fi
+    apt_install "${PACKAGES[@]}"
     installed || die "apt-get finished but kamailio/kamcmd/sipp or the json modules are missing"
     log "installed: $("$(kam_bin)" -v 2>/dev/null | head -n1)"
 }
@@ -165,14 +154,7 @@ cmd_render() {
 
 # --- process helpers -------------------------------------------------------------
 
-pid_alive() {
-    local pid
-    [[ -f "${PID_FILE}" ]] || return 1
-    pid="$(cat "${PID_FILE}" 2>/dev/null || true)"
-    [[ "${pid}" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "${pid}" 2>/dev/null || return 1
-    grep -q kamailio "/proc/${pid}/cmdline" 2>/dev/null
-}
+pid_alive() { pidfile_alive "${PID_FILE}" kamailio; }
 
 running_pid() { pid_alive && cat "${PID_FILE}"; }
 

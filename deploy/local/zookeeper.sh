@@ -19,7 +19,6 @@ ROOT="$(cd -- "$SCRIPT_DIR/../.." && pwd -P)"
 POM="$SCRIPT_DIR/zookeeper/pom.xml"
 BASE="$ROOT/.stack/zookeeper"
 LIBS="$BASE/libs"
-STAMP="$LIBS/.pom.sha256"
 DATA="$BASE/data"
 LOGS="$BASE/log"
 CFG="$BASE/zoo.cfg"
@@ -33,49 +32,14 @@ MVN="${MVN:-mvn}"
 
 log() { printf 'zookeeper.sh: %s\n' "$*" >&2; }
 die() { printf 'zookeeper.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=deploy/local/lib.sh
+. "$SCRIPT_DIR/lib.sh"
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 [[ "$PORT" =~ ^[0-9]+$ ]] && ((PORT > 0 && PORT < 65536)) || die "CDR_ZK_PORT=$PORT is not a port"
 
-# The JDK runs ZooKeeper and Maven fetches its jars: both from Debian's packages when
-# missing (as root), so a fresh machine needs nothing installed by hand.
-ensure_debian_tools() {
-    local missing=()
-    command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
-    command -v "${MVN%% *}" >/dev/null || missing+=(maven)
-    ((${#missing[@]})) || return 0
-    [[ "$(id -u)" -eq 0 ]] || die "${missing[*]} missing; install them or run as root"
-    log "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; } \
-        || die "apt-get could not install ${missing[*]}"
-}
-
-fetch_jars() {
-    local want have=""
-    want="$(sha256sum "$POM" | cut -d' ' -f1)"
-    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
-    if [ "$want" = "$have" ] && compgen -G "$LIBS/zookeeper-3*.jar" >/dev/null; then
-        return 0
-    fi
-    ensure_debian_tools
-    log "fetching ZooKeeper jars from Maven Central into ${LIBS#"$ROOT"/} ..."
-    local tmp="$BASE/libs.tmp.$$"
-    rm -rf "$tmp"
-    mkdir -p "$BASE"
-    # shellcheck disable=SC2086
-    if ! $MVN -q -B -f "$POM" dependency:copy-dependencies \
-            -DincludeScope=runtime -DoutputDirectory="$tmp" >"$BASE/fetch.log" 2>&1; then
-        rm -rf "$tmp"
-        die "jar fetch failed, see $BASE/fetch.log"
-    fi
-    compgen -G "$tmp/zookeeper-3*.jar" >/dev/null || { rm -rf "$tmp"; die "no zookeeper jar fetched, see $BASE/fetch.log"; }
-    echo "$want" >"$tmp/.pom.sha256"
-    rm -rf "$LIBS"
-    mv "$tmp" "$LIBS"
-    log "jars ready ($(find "$LIBS" -name '*.jar' | wc -l) jars)"
-}
+# The jars from Maven Central, the JDK and Maven from Debian's packages when missing (lib.sh).
+fetch_jars() { maven_fetch "$POM" "$LIBS" "zookeeper-3*.jar" ZooKeeper; }
 
 write_config() {
     mkdir -p "$DATA" "$LOGS"
