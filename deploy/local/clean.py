@@ -8,7 +8,11 @@ the demo stored (database `cdr`), and anything else, stay. A demo run deletes
 its topics when it ends, so the demo topics found here are a killed run's.
 Do not run it while tests, benchmarks or the demo run.
 
-    bash deploy/local/stack.sh clean [--dry-run]
+    bash deploy/local/stack.sh clean [--dry-run] [--cluster]
+
+--cluster cleans the clusters instead (stack.sh up --cluster): the three-broker Kafka
+and the ClickHouse 2 x 2, whose leftover databases are dropped ON CLUSTER, on every
+server (each must be up).
 """
 
 from __future__ import annotations
@@ -31,10 +35,17 @@ LEFTOVER_TOPIC = re.compile(
 )
 LEFTOVER_DATABASE = re.compile(
     r"^(e2e[0-9a-f]{8}"
-    r"|(cdr_test|sink_test|sink_cli)_[0-9a-f]{12}"
+    r"|(cdr_test|cdr_ctest|sink_test|sink_cli)_[0-9a-f]{12}"
+    r"|cbench_\w+_[0-9a-f]{6}"        # bench/cluster_bench.py
     r"|bench[0-9a-f]{6}_\w+"
     r"|rerate_bench_(raw_)?[0-9a-f]{8}(_\w+)?)$"
 )
+
+
+# The clusters of `stack.sh up --cluster` (kafka.sh --cluster, clickhouse.sh --cluster).
+CLUSTER_BOOTSTRAP = "127.0.0.1:29092,127.0.0.1:29192,127.0.0.1:29292"
+CLUSTER_CLICKHOUSE = "native://127.0.0.1:19100/default"
+CLICKHOUSE_CLUSTER = "cdr_cluster"
 
 
 def leftover_topics(names: list[str]) -> list[str]:
@@ -55,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", default="127.0.0.1:19092")
     ap.add_argument("--clickhouse", default="native://127.0.0.1:19000/default")
     ap.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    ap.add_argument("--cluster", action="store_true",
+                    help="the clusters (Kafka 29092.., ClickHouse 19100.., ON CLUSTER)")
     args = ap.parse_args(argv)
+    on_cluster = ""
+    if args.cluster:
+        args.bootstrap = CLUSTER_BOOTSTRAP
+        args.clickhouse = CLUSTER_CLICKHOUSE
+        on_cluster = f" ON CLUSTER {CLICKHOUSE_CLUSTER}"
 
     admin = AdminClient({"bootstrap.servers": args.bootstrap})
     topics = leftover_topics(list(admin.list_topics(timeout=30).topics))
@@ -69,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(topics), 100):
         delete_topics(args.bootstrap, topics[start:start + 100], timeout_s=120)
     for name in databases:
-        backend.execute(f"DROP DATABASE IF EXISTS {name}")
+        backend.execute(f"DROP DATABASE IF EXISTS {name}{on_cluster}")
     print("deleted")
     return 0
 

@@ -9,7 +9,7 @@
 #   deploy/local/stack.sh up|down|status|reset --secure --cluster
 # The secured three-broker Kafka cluster (SASL_SSL 49092,49192,49292, mTLS 49094,49194,
 # 49294) with the same principals and ACLs, and the same secured ClickHouse.
-#   deploy/local/stack.sh up|down|status|reset --cluster
+#   deploy/local/stack.sh up|down|status|reset|clean --cluster
 # The clusters instead: Kafka 3 brokers (127.0.0.1:29092,29192,29292) and ClickHouse 2
 # shards x 2 replicas (native 19100-19103, cluster cdr_cluster) with ZooKeeper (12181);
 # state in .stack/kafka/cluster/, .stack/clickhouse-cluster/, .stack/zookeeper/.
@@ -40,7 +40,10 @@ for arg in "$@"; do
             reset)
                 "$HERE/kafka.sh" reset --cluster
                 "$HERE/clickhouse.sh" reset --cluster ;;
-            *) echo "stack.sh: --cluster goes with up, down, status or reset" >&2; exit 2 ;;
+            clean)
+                "$HERE/bootstrap.sh"
+                exec "$HERE/../../.venv/bin/python" "$HERE/clean.py" "${@:2}" ;;
+            *) echo "stack.sh: --cluster goes with up, down, status, reset or clean" >&2; exit 2 ;;
         esac
         exit $rc
     fi

@@ -36,7 +36,9 @@ def test_leftovers_of_tests_benchmarks_and_demo_runs_are_found() -> None:
               + [f"test-sink-{hex8}ab", f"rerate-bench-events-{hex8}"])
     databases = [f"e2e{hex8}", f"cdr_test_{hex12}", f"sink_test_{hex12}", f"sink_cli_{hex12}",
                  f"bench{hex6}_lat0", f"rerate_bench_{hex8}", f"rerate_bench_raw_{hex8}",
-                 f"rerate_bench_{hex8}_w2"]
+                 f"rerate_bench_{hex8}_w2",
+                 f"cdr_ctest_{hex12}",  # the ClickHouse cluster's (stack.sh clean --cluster)
+                 f"cbench_distq1_{hex6}", f"cbench_dash_{hex6}"]  # bench/cluster_bench.py
     assert clean.leftover_topics(topics) == sorted(topics)
     assert clean.leftover_databases(databases) == sorted(databases)
 
@@ -46,6 +48,6 @@ def test_the_demo_s_data_and_everything_else_stay() -> None:
     topics = (_topics("", "cdr-correlator") + _topics("prod-", "prod-correlator")
               + ["__consumer_offsets", "demo-call-events", "e2e-notes", "bench-results"])
     databases = ["cdr", "default", "system", "cdr_bench_dashboard", "e2e", "bench_results",
-                 "cdr_test", "rerate_bench_notes"]
+                 "cdr_test", "rerate_bench_notes", "cdr_ctest", "cbench_results"]
     assert clean.leftover_topics(topics) == []
     assert clean.leftover_databases(databases) == []
