@@ -226,7 +226,7 @@ def test_the_sink_principal_cannot_write_call_events(secure_stack: SecureStack,
         with SwitchPublisher(secure_stack.kafka("sink"), run.events) as publisher:
             publisher.publish(_event())
             publisher.flush(20)
-    assert refused.value.code == "TOPIC_AUTHORIZATION_FAILED"
+    assert refused.value.code == "TOPIC_AUTHORIZATION_FAILED", str(refused.value)
     assert "not authorized for the topic" in str(refused.value)
     assert "as sink" in str(refused.value)
     assert run.end_offsets(run.events) == 0
