@@ -21,9 +21,10 @@ Prints, in one run:
      this benchmark uses (found by their ports: other stacks may run beside them),
      also above their idle level just before. --latency-only runs just this part,
      --throughput-only the first two.
---baseline-tree DIR also measures the worker of another source tree (e.g. `git archive
-HEAD | tar -x -C DIR`: the before of a change) in the same run, and each --variant-env
-this tree's worker with those settings (CDR_WORKER_*), in both parts.
+--baseline-tree DIR also measures the worker of another source tree (a checkout of the
+code before a change, with its own .venv if it has one: see python_of) in the same run,
+and each --variant-env this tree's worker with those settings (CDR_WORKER_*), in both
+parts. Which builds each one runs (compiled core, compiled Avro codec) is printed first.
 Needs the local stack (deploy/local/stack.sh up). Topics and databases it
 creates are deleted at the end.
 """
@@ -81,14 +82,33 @@ PARTITIONS = 3
 POLL_S = 0.1
 
 
+def python_of(tree: Path) -> str:
+    """The interpreter that runs `tree`'s code: the tree's own .venv's when it has one
+    (its mypyc builds of the core and the codec were made from its sources; this venv's
+    are used only while they match this tree's), else this one's."""
+    own = tree / ".venv" / "bin" / "python"
+    return str(own) if tree.resolve() != ROOT.resolve() and own.exists() else sys.executable
+
+
+def compiled_parts(tree: Path) -> str:
+    """Which of the tree's compiled builds its interpreter uses (the core's, the Avro
+    codec's): a baseline that silently ran pure Python would not be a baseline."""
+    code = ("import pipeline.core as c, pipeline.avro.codec as a\n"
+            "print(c.COMPILED, getattr(a, 'GENERATED_BUILT', None))")
+    done = subprocess.run([python_of(tree), "-c", code], cwd=tree, capture_output=True,
+                          text=True, check=True)
+    core, avro = done.stdout.split()
+    return f"core compiled {core}, Avro codec compiled {avro}"
+
+
 def _spawn(args: list[str], prefix: str, log: Path, tree: Path = ROOT,
            env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`cdr-pipeline ARGS` from the source tree `tree` (another tree: a baseline, e.g.
-    `git archive HEAD` unpacked; `python -m` puts its folder first on the path), with
-    `env` added to the environment."""
+    a checkout of the code before a change; `python -m` puts its folder first on the
+    path) with its interpreter (`python_of`), with `env` added to the environment."""
     full = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=BOOTSTRAP,
                 CDR_KAFKA_PARTITIONS=str(PARTITIONS), **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=full, cwd=tree,
+    return subprocess.Popen([python_of(tree), "-m", "pipeline.cli", *args], env=full, cwd=tree,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -366,7 +386,7 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
              for n in range(workers)]
     sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
                    "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", str(sink_batch_s)], prefix,
-                  workdir / f"sink-{prefix}lat.log")
+                  workdir / f"sink-{prefix}lat.log", tree, env)  # the variant's sink too
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
     _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])
@@ -763,6 +783,8 @@ def main() -> None:
                          "(e.g. CDR_WORKER_CHANGELOG_FORMAT=json); repeatable")
     args = ap.parse_args()
     runs = variants(args)
+    for variant in runs:
+        print(f"{variant.label}: {python_of(variant.tree)} ({compiled_parts(variant.tree)})")
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
     workdir = ROOT / "out" / f"bench-{run}"
