@@ -384,9 +384,11 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
                      "--data-dir", str(workdir / f"faust-{prefix}lat-{n}")], prefix,
                     workdir / f"worker-{prefix}lat-{n}.log", tree, env)
              for n in range(workers)]
-    sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
-                   "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", str(sink_batch_s)], prefix,
-                  workdir / f"sink-{prefix}lat.log", tree, env)  # the variant's sink too
+    # The variant's sink too; a variant setting CDR_SINK_BATCH_SECONDS overrides --sink-batch-seconds.
+    batch = [] if "CDR_SINK_BATCH_SECONDS" in (env or {}) else ["--batch-seconds", str(sink_batch_s)]
+    sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic",
+                   f"{prefix}cdrs", "--clickhouse", f"{CH_URL}{database}", *batch], prefix,
+                  workdir / f"sink-{prefix}lat.log", tree, env)
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
     _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])

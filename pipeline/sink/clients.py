@@ -75,7 +75,8 @@ class ConfluentClients:
 
 def consumer_conf(cfg: SinkConfig) -> dict[str, Any]:
     """The sink's consumer keys: manual commits, committed reads only, from the start
-    of the topic for a new group; `cfg.consumer_config` on top."""
+    of the topic for a new group, fetches that wait for a batch's worth of records;
+    `cfg.consumer_config` on top."""
     conf: dict[str, Any] = {
         "group.id": cfg.group,
         "client.id": f"{cfg.group}-consumer",
@@ -85,6 +86,8 @@ def consumer_conf(cfg: SinkConfig) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "max.poll.interval.ms": cfg.max_poll_interval_ms,
         "session.timeout.ms": cfg.session_timeout_ms,
+        "fetch.min.bytes": cfg.fetch_min_bytes,
+        "fetch.wait.max.ms": cfg.fetch_max_wait_ms,
     }
     conf.update(cfg.consumer_config)
     return conf

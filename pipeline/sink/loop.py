@@ -48,7 +48,8 @@ class SinkLoop:
             self.consumer.close()
             raise
         lifecycle.bind(self.consumer)
-        self.batcher: Batcher[CdrRow] = Batcher(config.batch_rows, config.batch_seconds)
+        self.batcher: Batcher[CdrRow] = Batcher(config.batch_rows, config.batch_seconds,
+                                                config.insert_gap_s)
         self.progress = Progress(self.consumer, config, clock)
         self.dead_letters = DeadLetters(producer, config.dlq_topic, config.dlq_delivery_timeout_s,
                                         stats, config.topic)

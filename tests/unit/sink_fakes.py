@@ -304,6 +304,9 @@ class Rig:
             "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "poll_timeout_s": 0.05,
         }
         settings.update(config)
+        # These tests were written for one partial insert per batch_seconds; back-to-back
+        # partial inserts (insert_gap_s 0, the default) are asked for explicitly.
+        settings.setdefault("insert_gap_s", settings["batch_seconds"])
         self.config = SinkConfig(**settings)
         self.service = SinkService(self.config, self.backend,  # type: ignore[arg-type]
                                    clients=self.clients, insert=self.inserter,
