@@ -157,7 +157,7 @@ class SinkSettings:
     group: str = "cdr-sink"
     batch_rows: int = 5000
     batch_seconds: float = 1.0
-    insert_gap_s: float = 0.0  # least time between partial inserts (docs/sink.md)
+    insert_gap_s: float = 0.25  # least time between partial inserts (docs/sink.md)
     metrics_port: int = 0
 
 

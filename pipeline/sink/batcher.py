@@ -165,6 +165,12 @@ class Batcher(Generic[T]):
             return False
         return self._last_partial is None or now - self._last_partial >= self.partial_gap_s
 
+    def time_until_partial(self, now: float) -> float:
+        """Seconds until a partial batch may be taken again (0: now), rows or not."""
+        if self._last_partial is None:
+            return 0.0
+        return max(0.0, self._last_partial + self.partial_gap_s - now)
+
     def time_until_due(self, now: float) -> float | None:
         """Seconds until the batch is due by age (0 if due), None when empty."""
         if self.empty:

@@ -33,9 +33,10 @@ class SinkConfig:
     batch_rows: int = 5000
     batch_seconds: float = 1.0
     # Least time between the starts of two partial inserts (fewer than batch_rows rows,
-    # taken because everything there is was read). 0: the next one starts as soon as the
-    # insert before it is done, so inserts follow ClickHouse's pace (docs/sink.md).
-    insert_gap_s: float = 0.0
+    # taken because everything there is was read); within it, the next one starts as
+    # soon as the insert before it is done. It bounds the inserts a second when they
+    # are quick (docs/sink.md).
+    insert_gap_s: float = 0.25
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     poll_timeout_s: float = 0.5  # longest single consume() wait: bounds stop latency

@@ -118,6 +118,10 @@ class FakeConsumer:
             range(self.partitions[topic])))} if topic in self.partitions else {}
         return SimpleNamespace(topics=found)
 
+    def poll(self, timeout: float = -1) -> Message | None:
+        out = self.consume(1, timeout)
+        return out[0] if out else None
+
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         assert not self.closed
         while self._events:
