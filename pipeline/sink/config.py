@@ -43,8 +43,8 @@ class SinkConfig:
     fetch_wait_s: float = 0.02  # consume() wait while records are flowing or rows pending
     # What a fetch asks the broker to wait for: this many bytes, or this long. With
     # librdkafka's defaults (1 byte) a sink that keeps up fetches again as soon as one
-    # record is there: hundreds of requests a second, which cost the broker more CPU
-    # than the traffic itself (docs/sink.md).
+    # record is there: on a topic written every few milliseconds, hundreds of requests
+    # a second, which cost the broker more CPU than the writes (docs/sink.md).
     fetch_min_bytes: int = 65536
     fetch_max_wait_ms: int = 50
     lag_interval_s: float = 5.0
