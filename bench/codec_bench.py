@@ -13,7 +13,9 @@ does. Per record, in microseconds, for what the worker and sink do per message:
 
 "fastavro" is the codec as it was before the compiled path (codec.fastavro_encode and
 fastavro_decode: BytesIO plus fastavro.schemaless_writer / schemaless_reader, same
-header and checks); "compiled" is pipeline.avro.codec now. Each round times every pair back
+header and checks); "compiled" is pipeline.avro.codec now: its generated module as
+mypyc built it (bootstrap.sh --dev), or with CDR_PURE_AVRO=1 the same source as Python
+(the header line says which). Each round times every pair back
 to back over all records; the best round of each is printed, so other load on the
 machine affects both alike.
 """
@@ -110,7 +112,8 @@ def main() -> int:
 
     print(f"{len(events)} CallEvents ({sum(map(len, events)) / len(events):.0f} B avg), "
           f"{len(cdrs)} RatedCdrs ({sum(map(len, cdr_messages)) / len(cdrs):.0f} B avg); "
-          f"best of {args.rounds} rounds, us/record")
+          f"best of {args.rounds} rounds, us/record; compiled = the generated codec "
+          f"{'built by mypyc' if codec.GENERATED_BUILT else 'as Python'}")
     print(f"{'':18} {'fastavro':>9} {'compiled':>9} {'speed-up':>9}")
     for name, (reference_us, compiled_us) in best.items():
         ratio = reference_us / compiled_us

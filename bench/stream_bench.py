@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
         [--latency-only | --throughput-only] [--latency-workers 1]
-        [--sink-batch-seconds 0.5] [--repeat 1]
-        [--baseline-tree DIR] [--variant-env K=V[,K=V]]...
+        [--sink-batch-seconds 0.5] [--repeat 1] [--publisher-linger-ms MS]
+        [--stop-worker-at S] [--baseline-tree DIR] [--variant-env K=V[,K=V]]...
 
 Prints, in one run:
   1. the correlator on a prefilled topic: events/s through one worker, beside the bare
@@ -19,11 +19,16 @@ Prints, in one run:
      (HANGUP published to CDR appended to the cdrs topic), and the CPU each part used
      meanwhile: the worker(s), the sink, this process, and the broker and ClickHouse
      this benchmark uses (found by their ports: other stacks may run beside them),
-     also above their idle level just before. --latency-only runs just this part,
-     --throughput-only the first two.
---baseline-tree DIR also measures the worker of another source tree (e.g. `git archive
-HEAD | tar -x -C DIR`: the before of a change) in the same run, and each --variant-env
-this tree's worker with those settings (CDR_WORKER_*), in both parts.
+     also above their idle level just before. The publisher sends as the switch
+     publisher does (its producer keys; --publisher-linger-ms to change its linger), and
+     what the broker spends on it alone is measured first, so that the broker's CPU of
+     the pipeline itself is the rest. --stop-worker-at S stops the first worker S
+     seconds into the traffic (a rolling restart) and reports the calls after it.
+     --latency-only runs just this part, --throughput-only the first two.
+--baseline-tree DIR also measures the worker of another source tree (a checkout of the
+code before a change, with its own .venv if it has one: see python_of) in the same run,
+and each --variant-env this tree's worker with those settings (CDR_WORKER_*), in both
+parts. Which builds each one runs (compiled core, compiled Avro codec) is printed first.
 Needs the local stack (deploy/local/stack.sh up). Topics and databases it
 creates are deleted at the end.
 """
@@ -67,7 +72,7 @@ from pipeline.kafka.admin import (  # noqa: E402
 from pipeline.storage.url import open_backend  # noqa: E402
 from pipeline.storage.cdr_store import cdr_row, insert_cdr_rows, row_digest  # noqa: E402
 from pipeline.storage.migrate import migrate  # noqa: E402
-from pipeline.switch.publisher import SwitchPublisher  # noqa: E402
+from pipeline.switch.publisher import PRODUCER_DEFAULTS, SwitchPublisher  # noqa: E402
 from pipeline.switch.simulator import FaultMix, Tick, generate, publish  # noqa: E402
 
 CONFIG = ROOT / "deploy" / "demo" / "demo.toml"
@@ -81,14 +86,33 @@ PARTITIONS = 3
 POLL_S = 0.1
 
 
+def python_of(tree: Path) -> str:
+    """The interpreter that runs `tree`'s code: the tree's own .venv's when it has one
+    (its mypyc builds of the core and the codec were made from its sources; this venv's
+    are used only while they match this tree's), else this one's."""
+    own = tree / ".venv" / "bin" / "python"
+    return str(own) if tree.resolve() != ROOT.resolve() and own.exists() else sys.executable
+
+
+def compiled_parts(tree: Path) -> str:
+    """Which of the tree's compiled builds its interpreter uses (the core's, the Avro
+    codec's): a baseline that silently ran pure Python would not be a baseline."""
+    code = ("import pipeline.core as c, pipeline.avro.codec as a\n"
+            "print(c.COMPILED, getattr(a, 'GENERATED_BUILT', None))")
+    done = subprocess.run([python_of(tree), "-c", code], cwd=tree, capture_output=True,
+                          text=True, check=True)
+    core, avro = done.stdout.split()
+    return f"core compiled {core}, Avro codec compiled {avro}"
+
+
 def _spawn(args: list[str], prefix: str, log: Path, tree: Path = ROOT,
            env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`cdr-pipeline ARGS` from the source tree `tree` (another tree: a baseline, e.g.
-    `git archive HEAD` unpacked; `python -m` puts its folder first on the path), with
-    `env` added to the environment."""
+    a checkout of the code before a change; `python -m` puts its folder first on the
+    path) with its interpreter (`python_of`), with `env` added to the environment."""
     full = dict(os.environ, CDR_KAFKA_TOPIC_PREFIX=prefix, CDR_KAFKA_BOOTSTRAP=BOOTSTRAP,
                 CDR_KAFKA_PARTITIONS=str(PARTITIONS), **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], env=full, cwd=tree,
+    return subprocess.Popen([python_of(tree), "-m", "pipeline.cli", *args], env=full, cwd=tree,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -347,26 +371,90 @@ def service_sink(prefix: str, topic: str, database: str, workdir: Path) -> float
     return (total - first[1]) / max(now - first[0], 1e-9)
 
 
-def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path,
-            workers: int = 1, sink_batch_s: float = 0.5, tree: Path = ROOT,
-            env: dict[str, str] | None = None) -> LatencyRun:
-    """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
-    until its call's first CDR is on the cdrs topic and until it is in ClickHouse."""
+Traffic = list[tuple[str, bool, bytes]]  # (call_id, is a HANGUP, encoded event) in order
+
+# The latency runs' publisher before they sent as the switch publisher does.
+EARLIER_PUBLISHER = {"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                     "partitioner": "murmur2_random"}
+
+
+def latency_traffic(rate: float, seconds: float) -> Traffic:
+    """The latency run's events: calls starting at a steady rate from now, no faults,
+    encoded before the clock starts so that the publisher can hold the rate."""
     config = load_config(CONFIG)
     calls = int(rate * seconds / 3.7)
-    # Encoded before the clock starts, so the publisher can hold the rate.
-    records = [(i["call_id"], i["event_type"] == "HANGUP", codec.encode_event_dict(i))
-               for i in generate(config, calls=calls, switches=4, rate_cps=rate / 3.7, seed=77,
-                                 start_ms=int(time.time() * 1000), faults=FaultMix.none(),
-                                 final_tick=False)
-               if not isinstance(i, Tick)]
+    return [(i["call_id"], i["event_type"] == "HANGUP", codec.encode_event_dict(i))
+            for i in generate(config, calls=calls, switches=4, rate_cps=rate / 3.7, seed=77,
+                              start_ms=int(time.time() * 1000), faults=FaultMix.none(),
+                              final_tick=False)
+            if not isinstance(i, Tick)]
+
+
+def publish_steady(producer: Producer, topic: str, records: Traffic, rate: float,
+                   hangup_at: dict[str, float] | None = None) -> float:
+    """Publish `records` at `rate` a second, noting when each HANGUP was handed to the
+    producer (wall clock, epoch s) in `hangup_at`; returns the rate achieved."""
+    started = time.perf_counter()
+    sent = 0
+    while sent < len(records):
+        # Every millisecond or so, whatever is due by then: a steady rate without a
+        # busy loop (a poll shorter than librdkafka's 1 ms resolution returns at once).
+        due = min(len(records), int((time.perf_counter() - started) * rate) + 1)
+        for call_id, is_hangup, value in records[sent:due]:
+            producer.produce(topic, key=call_id.encode(), value=value)
+            if is_hangup and hangup_at is not None:
+                hangup_at.setdefault(call_id, time.time())
+        sent = due
+        producer.poll(0.001)
+    return len(records) / (time.perf_counter() - started)
+
+
+def publisher_alone(prefix: str, rate: float, seconds: float,
+                    publisher: dict[str, Any] | None) -> float:
+    """The broker's CPU (cores above its idle just before) while the latency run's
+    publisher sends the same traffic to a topic nobody reads: the part of the broker's
+    CPU in a latency run that is the publisher's, not the pipeline's."""
+    topic = f"{prefix}publisher-alone"
+    ensure_topics(BOOTSTRAP, [TopicSpec(topic, PARTITIONS, 1, {})])
+    try:
+        records = latency_traffic(rate, seconds)
+        _wait_quiet()
+        before = _cpu_seconds()
+        time.sleep(IDLE_S)  # sampling the broker's idle CPU
+        idle = (_cpu_seconds().get("broker", 0.0) - before.get("broker", 0.0)) / IDLE_S
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, **(publisher or PRODUCER_DEFAULTS)})
+        before = _cpu_seconds()
+        started = time.perf_counter()
+        publish_steady(producer, topic, records, rate)
+        used = _cpu_seconds().get("broker", 0.0) - before.get("broker", 0.0)
+        cores = used / (time.perf_counter() - started) - idle
+        producer.flush(30)
+    finally:
+        delete_topics(BOOTSTRAP, [topic])
+    return cores
+
+
+def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Path,
+            workers: int = 1, sink_batch_s: float = 0.5, tree: Path = ROOT,
+            env: dict[str, str] | None = None,
+            publisher: dict[str, Any] | None = None,
+            stop_worker_at: float | None = None) -> LatencyRun:
+    """Publish at `rate` events/s with a worker and a sink running; per HANGUP, the time
+    until its call's first CDR is on the cdrs topic and until it is in ClickHouse. The
+    publisher's keys are the switch publisher's (PRODUCER_DEFAULTS) unless `publisher`
+    gives others. With `stop_worker_at`, the first worker is stopped (SIGTERM, as in a
+    rolling restart) that many seconds into the traffic: its partitions move to the
+    others, which shows what standby replicas buy."""
+    records = latency_traffic(rate, seconds)
     procs = [_spawn(["worker", "--config", str(CONFIG), "--app-id", f"{prefix}lat",
                      "--data-dir", str(workdir / f"faust-{prefix}lat-{n}")], prefix,
                     workdir / f"worker-{prefix}lat-{n}.log", tree, env)
              for n in range(workers)]
-    sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic", f"{prefix}cdrs",
-                   "--clickhouse", f"{CH_URL}{database}", "--batch-seconds", str(sink_batch_s)], prefix,
-                  workdir / f"sink-{prefix}lat.log")
+    # The variant's sink too; a variant setting CDR_SINK_BATCH_SECONDS overrides --sink-batch-seconds.
+    batch = [] if "CDR_SINK_BATCH_SECONDS" in (env or {}) else ["--batch-seconds", str(sink_batch_s)]
+    sink = _spawn(["sink", "--config", str(CONFIG), "--group", f"{prefix}lat-sink", "--topic",
+                   f"{prefix}cdrs", "--clickhouse", f"{CH_URL}{database}", *batch], prefix,
+                  workdir / f"sink-{prefix}lat.log", tree, env)
     # Traffic starts once both have their partitions: a backlog from start-up is not latency.
     _wait_assigned(f"{prefix}lat", f"{prefix}call-events", procs)
     _wait_assigned(f"{prefix}lat-sink", f"{prefix}cdrs", [sink])
@@ -383,23 +471,15 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
     stop = threading.Event()
     poller = threading.Thread(target=_poll_stored, args=(database, stored_at, stop), daemon=True)
     poller.start()
-    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 5, "partitioner": "murmur2_random"})
-    topic = f"{prefix}call-events"
-    started = time.perf_counter()
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, **(publisher or PRODUCER_DEFAULTS)})
+    stopped_at: list[float] = []
+    if stop_worker_at is not None:
+        def stop_first() -> None:
+            stopped_at.append(time.time())
+            procs[0].send_signal(signal.SIGTERM)
+        threading.Timer(stop_worker_at, stop_first).start()
     cpu_at_start = _cpu_seconds(parts)
-    sent = 0
-    while sent < len(records):
-        # Every millisecond or so, whatever is due by then: a steady rate without a
-        # busy loop (a poll shorter than librdkafka's 1 ms resolution returns at once).
-        due = min(len(records), int((time.perf_counter() - started) * rate) + 1)
-        for call_id, is_hangup, value in records[sent:due]:
-            producer.produce(topic, key=call_id.encode(), value=value)
-            if is_hangup:
-                hangup_at.setdefault(call_id, time.time())
-        sent = due
-        producer.poll(0.001)
-    achieved = len(records) / (time.perf_counter() - started)
+    achieved = publish_steady(producer, f"{prefix}call-events", records, rate, hangup_at)
     cpu = {name: used - cpu_at_start.get(name, 0.0) for name, used in _cpu_seconds(parts).items()}
     producer.flush(30)
     deadline = time.monotonic() + 60
@@ -419,6 +499,8 @@ def latency(prefix: str, rate: float, seconds: float, database: str, workdir: Pa
         to_topic=sorted(on_topic[c] - t for c, t in hangup_at.items() if c in on_topic),
         to_clickhouse=sorted(stored_at[c] - t for c, t in hangup_at.items() if c in stored_at),
         calls=len(hangup_at), cpu_s=cpu, seconds=len(records) / achieved, idle_cores=idle,
+        after_stop=None if not stopped_at else sorted(
+            on_topic[c] - t for c, t in hangup_at.items() if c in on_topic and t >= stopped_at[0]),
     )
 
 
@@ -457,6 +539,8 @@ class LatencyRun:
     cpu_s: dict[str, float]  # CPU seconds per process kind while the traffic was published
     seconds: float  # how long publishing took
     idle_cores: dict[str, float]  # cores per process kind just before, the pipeline idle
+    # with --stop-worker-at: seconds to the cdrs topic of the calls hung up after the stop
+    after_stop: list[float] | None = None
 
 
 IDLE_S = 5.0  # how long the servers' idle CPU is sampled before a latency run
@@ -713,8 +797,10 @@ def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[
     return made
 
 
-def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun) -> float | None:
-    """Print one latency run; returns its p99 to ClickHouse (None: no CDR got there)."""
+def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun,
+                   alone: float | None = None) -> float | None:
+    """Print one latency run (`alone`: the broker's cores above idle for the publisher
+    alone, publisher_alone); returns its p99 to ClickHouse (None: no CDR got there)."""
     print(f"latency at {args.rate:,.0f} events/s, {args.latency_workers} worker(s), "
           f"{variant.label}: published {lat.published} events at {lat.achieved_rate:,.0f}/s, "
           f"{lat.calls} calls")
@@ -730,6 +816,10 @@ def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun) 
     print("  above their idle just before (" + ", ".join(
         f"{kind} {lat.idle_cores.get(kind, 0.0):.2f}" for kind in above) + " cores), per "
         "1,000 events/s: " + ", ".join(f"{kind} {v / per_k:.3f}" for kind, v in above.items()))
+    if alone is not None:
+        print(f"  the broker above idle, per 1,000 events/s: publisher alone {alone / per_k:.3f}"
+              f" (measured before the runs), so the pipeline's part "
+              f"{(above['broker'] - alone) / per_k:.3f}")
     for label, values in (("HANGUP published -> CDR on the cdrs topic", lat.to_topic),
                           ("HANGUP published -> CDR in ClickHouse   ", lat.to_clickhouse)):
         if values:
@@ -737,6 +827,12 @@ def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun) 
             p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
             print(f"  {label}: p50 {p50 * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms, "
                   f"{len(values)} of {lat.calls} calls")
+    if lat.after_stop:
+        after = lat.after_stop
+        print(f"  calls hung up after the first worker was stopped: to the cdrs topic p50 "
+              f"{statistics.median(after) * 1000:,.0f} ms, p99 "
+              f"{after[min(len(after) - 1, int(len(after) * 0.99))] * 1000:,.0f} ms, max "
+              f"{after[-1] * 1000:,.0f} ms ({len(after)} calls)")
     values = lat.to_clickhouse
     return values[min(len(values) - 1, int(len(values) * 0.99))] if values else None
 
@@ -752,6 +848,12 @@ def main() -> None:
                     help="workers (one consumer group) in the latency run")
     ap.add_argument("--sink-batch-seconds", type=float, default=0.5,
                     help="the sink's --batch-seconds in the latency run")
+    ap.add_argument("--publisher-linger-ms", type=int, metavar="MS",
+                    help="the latency runs' publisher lingers this long (default: as the "
+                         "switch publisher, pipeline/switch/publisher.py PRODUCER_DEFAULTS)")
+    ap.add_argument("--stop-worker-at", type=float, metavar="S",
+                    help="stop the first worker (SIGTERM) S seconds into each latency run's "
+                         "traffic, and report the calls hung up after it")
     ap.add_argument("--repeat", type=int, default=1,
                     help="latency runs, each with fresh topics, processes and database; "
                          "p99 moves from run to run")
@@ -763,6 +865,8 @@ def main() -> None:
                          "(e.g. CDR_WORKER_CHANGELOG_FORMAT=json); repeatable")
     args = ap.parse_args()
     runs = variants(args)
+    for variant in runs:
+        print(f"{variant.label}: {python_of(variant.tree)} ({compiled_parts(variant.tree)})")
     run = uuid.uuid4().hex[:6]
     prefix = f"bench{run}-"
     workdir = ROOT / "out" / f"bench-{run}"
@@ -782,13 +886,27 @@ def main() -> None:
         if not args.latency_only:
             leftovers += throughput(args, prefix, workdir, runs, backend, dbs)
         p99s: dict[int, list[float]] = {}
+        publisher = None if args.publisher_linger_ms is None else {
+            **PRODUCER_DEFAULTS, "linger.ms": args.publisher_linger_ms}
+        alone = None
+        if lat_runs:
+            per_k = args.rate / 1000
+            earlier = publisher_alone(prefix, args.rate, min(args.latency_s, 10.0),
+                                      EARLIER_PUBLISHER)
+            alone = publisher_alone(prefix, args.rate, min(args.latency_s, 10.0), publisher)
+            print(f"the broker above idle while a publisher alone sends the latency traffic: "
+                  f"{alone:.3f} cores ({alone / per_k:.4f} per 1,000 events/s) with this "
+                  f"run's ({(publisher or PRODUCER_DEFAULTS)['linger.ms']} ms linger), "
+                  f"{earlier:.3f} ({earlier / per_k:.4f}) with the one the latency runs used "
+                  f"before (5 ms linger, no compression)")
         for n, variant, lat_prefix, database in lat_runs:
             lat_specs = default_topic_specs(lat_prefix, PARTITIONS, 1)
             ensure_topics(BOOTSTRAP, lat_specs)
             leftovers += [s.name for s in lat_specs] + worker_topics(f"{lat_prefix}lat")
             lat = latency(lat_prefix, args.rate, args.latency_s, database, workdir,
-                          args.latency_workers, args.sink_batch_seconds, variant.tree, variant.env)
-            p99 = report_latency(args, variant, lat)
+                          args.latency_workers, args.sink_batch_seconds, variant.tree, variant.env,
+                          publisher, args.stop_worker_at)
+            p99 = report_latency(args, variant, lat, alone)
             if p99 is not None:
                 p99s.setdefault(n, []).append(p99)
         for n, values in p99s.items():

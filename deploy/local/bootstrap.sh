@@ -57,3 +57,30 @@ print(" ".join(f"pipeline/core/{m}.py" for m in c.COMPILED_MODULES))')"
         fi
     fi
 fi
+
+# The Avro codec's generated module (pipeline/avro/compiled.py: the current schemas'
+# encoders and decoders), compiled the same way; pipeline/avro/codec.py uses the build
+# only while its STAMP matches the source it generates (schemas, generator, interpreter).
+if [[ -x .venv/bin/mypyc ]]; then
+    AVRO_TMP="$(mktemp -d)"
+    AVRO_INFO="$(.venv/bin/python -m pipeline.avro.build "$AVRO_TMP")"
+    { read -r AVRO_STAMP; read -r AVRO_OUT; read -r AVRO_MODULE; } <<< "$AVRO_INFO"
+    if [[ "$(cat "$AVRO_OUT/STAMP" 2>/dev/null)" != "$AVRO_STAMP" ]]; then
+        echo "bootstrap.sh: compiling the Avro codec with mypyc (about a minute)" >&2
+        mkdir -p "$AVRO_TMP/pipeline/avro"
+        cp pipeline/__init__.py "$AVRO_TMP/pipeline/"
+        cp pipeline/avro/__init__.py pipeline/avro/errors.py "$AVRO_TMP/pipeline/avro/"
+        if (cd "$AVRO_TMP" && "$ROOT/.venv/bin/mypyc" "$AVRO_MODULE.py" > build.log 2>&1); then
+            rm -rf "$AVRO_OUT"
+            mkdir -p "$AVRO_OUT"
+            cp "$AVRO_TMP/$AVRO_MODULE".*.so "$AVRO_OUT/"
+            echo "$AVRO_STAMP" > "$AVRO_OUT/STAMP"
+            rm -rf "$AVRO_TMP"
+        else
+            echo "bootstrap.sh: mypyc failed; the Avro codec runs as Python" \
+                "(log: $AVRO_TMP/build.log)" >&2
+        fi
+    else
+        rm -rf "$AVRO_TMP"
+    fi
+fi

@@ -7,10 +7,11 @@ resolved to the current schema. Schemas are parsed once, at import.
 
 The current schema of each kind is also compiled at import (pipeline.avro.compiled)
 into specialised encode/decode functions, byte- and value-identical to fastavro but
-several times faster: encoding always goes through them (they hand any datum not in the
-canonical shape to fastavro), and so does decoding a message written with the current
-schema. Older writer schemas are read by fastavro with schema resolution. A schema the
-compiler does not support is left to fastavro entirely.
+several times faster (and several times more again when bootstrap.sh --dev has
+compiled them with mypyc, `GENERATED_BUILT`): encoding always goes through them (they
+hand any datum not in the canonical shape to fastavro), and so does decoding a message
+written with the current schema. Older writer schemas are read by fastavro with schema
+resolution. A schema the compiler does not support is left to fastavro entirely.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _fingerprint(parsed: Any) -> bytes:
 
 
 def _load(name: str) -> AvroType:
+    """The kind's schemas, current and older (not compiled yet: `_compile`)."""
     base = schema_dir()
     current_path = base / f"{name}.avsc"
     try:
@@ -69,13 +71,7 @@ def _load(name: str) -> AvroType:
         parsed = fastavro.parse_schema(json.loads(older.read_text()))
         writers[_fingerprint(parsed)] = parsed
     full_name = cast(dict[str, Any], current)["name"]
-    kind = AvroType(full_name.rsplit(".", 1)[-1], current, _fingerprint(current), writers)
-    decoder = compiled_decoder(current)
-    if decoder is None:
-        return kind
-    fallback = functools.partial(fastavro_encode, kind)
-    encoder = avro_compiled.compile_encoder(current, fallback, prefix=MAGIC + kind.fingerprint)
-    return AvroType(kind.name, current, kind.fingerprint, writers, decoder, encoder)
+    return AvroType(full_name.rsplit(".", 1)[-1], current, _fingerprint(current), writers)
 
 
 def compiled_decoder(schema: Any) -> avro_compiled.Decoder | None:
@@ -85,6 +81,34 @@ def compiled_decoder(schema: Any) -> avro_compiled.Decoder | None:
         return avro_compiled.compile_decoder(schema)
     except avro_compiled.UnsupportedSchema:
         return None
+
+
+def _units(kind: AvroType, tuple_type: type[tuple[Any, ...]]) -> list[avro_compiled.Unit]:
+    """The generated functions of a kind: its decoder, its encoder of a record dict and of
+    its NamedTuple (by position when the tuple's fields are the schema's, in order), each
+    writing the whole message; [] when the compiler does not support the schema."""
+    prefix = MAGIC + kind.fingerprint
+    fields = tuple(f["name"] for f in kind.schema["fields"])
+    access = "position" if getattr(tuple_type, "_fields", None) == fields else "attribute"
+    units = [avro_compiled.Unit(f"decode_{kind.name}", "decode", kind.schema),
+             avro_compiled.Unit(f"encode_{kind.name}", "encode", kind.schema, prefix),
+             avro_compiled.Unit(f"encode_{kind.name}_{access}", "encode", kind.schema, prefix,
+                                access)]
+    try:
+        avro_compiled.module_source(units)
+    except avro_compiled.UnsupportedSchema:
+        return []
+    return units
+
+
+def _compile(kind: AvroType, module: Any) -> AvroType:
+    decoder = getattr(module, f"decode_{kind.name}", None)
+    encoder = getattr(module, f"encode_{kind.name}", None)
+    if decoder is None or encoder is None:
+        return kind
+    fallback = functools.partial(fastavro_encode, kind)
+    return AvroType(kind.name, kind.schema, kind.fingerprint, kind.writers, decoder,
+                    avro_compiled.with_fallback(encoder, fallback))
 
 
 def fastavro_encode(kind: AvroType, record: dict[str, Any]) -> bytes:
@@ -104,8 +128,15 @@ def fastavro_decode(kind: AvroType, data: bytes) -> dict[str, Any]:
     return _fastavro_decode(kind, data)
 
 
-CALL_EVENT = _load("call_event")
-RATED_CDR = _load("rated_cdr")
+_KINDS = ((_load("call_event"), CallEvent), (_load("rated_cdr"), RatedCdr))
+# The source of the generated codec of the current schemas (bootstrap.sh --dev compiles
+# exactly this with mypyc: pipeline/avro/build.py), and the module that runs it.
+SOURCE = avro_compiled.module_source([u for kind, tuple_type in _KINDS
+                                      for u in _units(kind, tuple_type)])
+GENERATED = avro_compiled.load(SOURCE, "avro_codec")
+GENERATED_BUILT = avro_compiled.is_built(GENERATED)
+CALL_EVENT = _compile(_KINDS[0][0], GENERATED)
+RATED_CDR = _compile(_KINDS[1][0], GENERATED)
 
 
 def _encode(kind: AvroType, record: dict[str, Any]) -> bytes:
@@ -165,20 +196,55 @@ def _decode_compiled(kind: AvroType, decoder: avro_compiled.Decoder, data: bytes
     return record
 
 
-def _by_attribute(
-    kind: AvroType, to_record: Callable[[Any], dict[str, Any]]
-) -> Callable[[Any], bytes]:
-    """An encoder reading the fields straight off a NamedTuple (no _asdict on the fast
-    path); anything unusual goes through `to_record` and the record encoder."""
+def _message_decoder(kind: AvroType) -> Callable[[bytes], dict[str, Any]]:
+    """decode(message) -> record of a kind: a message of the current schema straight
+    through the compiled decoder (one call: the checks of `_decode` inline), anything
+    else through `_decode`. Raises InvalidEvent like `_decode`."""
+    decoder = kind.decoder
+    if decoder is None:
+        return functools.partial(_decode, kind)
+    header, name = MAGIC + kind.fingerprint, kind.name
+
+    def decode(data: bytes) -> dict[str, Any]:
+        if type(data) is not bytes or not data.startswith(header):
+            return _decode(kind, data)
+        try:
+            record, end = decoder(data, _HEADER)
+        except avro_compiled.CorruptBody as exc:
+            raise InvalidEvent(f"corrupt Avro {name} body: {exc}") from None
+        except Exception as exc:  # not expected; the contract is InvalidEvent for any bad body
+            raise _corrupt(kind, exc) from None
+        if end != len(data):
+            _check_consumed(kind, end, data)
+        return record
+
+    return decode
+
+
+def _tuple_encoder(kind: AvroType, tuple_type: type[Any],
+                   to_record: Callable[[Any], dict[str, Any]]) -> Callable[[Any], bytes]:
+    """An encoder of the kind's NamedTuple: the generated one reading its fields by
+    position (or by attribute), one call; anything it does not take (not that exact
+    type, a value not in the canonical shape) through `to_record` and the record
+    encoder (the compiled one, then fastavro)."""
 
     def fallback(value: Any) -> bytes:
         return _encode(kind, to_record(value))
 
-    if kind.encoder is None:
-        return fallback
-    return avro_compiled.compile_encoder(
-        kind.schema, fallback, prefix=MAGIC + kind.fingerprint, by_attribute=True
-    )
+    by_position = getattr(GENERATED, f"encode_{kind.name}_position", None)
+    if by_position is None:
+        by_attribute = getattr(GENERATED, f"encode_{kind.name}_attribute", None)
+        return fallback if by_attribute is None else avro_compiled.with_fallback(
+            by_attribute, fallback)
+
+    def encode(value: Any) -> bytes:
+        if type(value) is tuple_type:
+            out = by_position(value)
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+        return fallback(value)
+
+    return encode
 
 
 def cdr_record(cdr: RatedCdr) -> dict[str, Any]:
@@ -188,17 +254,11 @@ def cdr_record(cdr: RatedCdr) -> dict[str, Any]:
     return record
 
 
-_encode_event_tuple = _by_attribute(CALL_EVENT, lambda event: event._asdict())
-_encode_cdr_tuple = _by_attribute(RATED_CDR, cdr_record)
+encode_event: Callable[[CallEvent], bytes] = _tuple_encoder(
+    CALL_EVENT, CallEvent, lambda event: event._asdict())
 
-
-def encode_event(event: CallEvent) -> bytes:
-    return _encode_event_tuple(event)
-
-
-def decode_event_dict(data: bytes) -> dict[str, Any]:
-    """Decode the Avro body only; validation is the core's parse_event."""
-    return _decode(CALL_EVENT, data)
+# Decode the Avro body only; validation is the core's parse_event.
+decode_event_dict: Callable[[bytes], dict[str, Any]] = _message_decoder(CALL_EVENT)
 
 
 def encode_event_dict(raw: dict[str, Any]) -> bytes:
@@ -210,8 +270,7 @@ def encode_event_dict(raw: dict[str, Any]) -> bytes:
         raise InvalidEvent(f"cannot encode as CallEvent: {exc}") from None
 
 
-def encode_cdr(cdr: RatedCdr) -> bytes:
-    return _encode_cdr_tuple(cdr)
+encode_cdr: Callable[[RatedCdr], bytes] = _tuple_encoder(RATED_CDR, RatedCdr, cdr_record)
 
 
 def decode_cdr(data: bytes) -> RatedCdr:
@@ -220,13 +279,12 @@ def decode_cdr(data: bytes) -> RatedCdr:
     return RatedCdr(**record)
 
 
-def decode_cdr_record(data: bytes) -> dict[str, Any]:
-    """Decode a RatedCdr message to the Avro record itself: a dict keyed by the RatedCdr
-    field names with the Avro types (enums as their symbols, money as Decimal at the
-    schema's scale, `flags` a list). For consumers that go straight to columns (the
-    ClickHouse sink, `cdr_store.cdr_row`) and need no RatedCdr tuple; `decode_cdr` is
-    this plus the tuple. Raises InvalidEvent like `decode_cdr`."""
-    return _decode(RATED_CDR, data)
+# Decode a RatedCdr message to the Avro record itself: a dict keyed by the RatedCdr field
+# names with the Avro types (enums as their symbols, money as Decimal at the schema's
+# scale, `flags` a list). For consumers that go straight to columns (the ClickHouse sink,
+# `cdr_store.cdr_row`) and need no RatedCdr tuple; `decode_cdr` is this plus the tuple.
+# Raises InvalidEvent like `decode_cdr`.
+decode_cdr_record: Callable[[bytes], dict[str, Any]] = _message_decoder(RATED_CDR)
 
 
 # -- watermark ticks ---------------------------------------------------------------

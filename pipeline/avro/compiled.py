@@ -3,9 +3,18 @@
 fastavro interprets the schema for every datum: per field it dispatches on the type,
 validates union branches (a decimal in a nullable union is converted to bytes twice)
 and reads through a file object. For the flat records of this pipeline that is most of
-the cost, so at import this module turns a parsed schema into Python source, one
-straight-line function per direction, and `exec`s it once. Nothing is written per
-field by hand: the `.avsc` files stay the single source of truth.
+the cost, so this module turns parsed schemas into the source of a Python module, one
+straight-line function per schema and direction, typed. Nothing is written per field by
+hand: the `.avsc` files stay the single source of truth.
+
+A module's source is the text of wire.py (varints, decimals) followed by the generated
+functions and their constants. `load` runs it: exec'd as Python, or, when
+deploy/local/bootstrap.sh --dev has compiled that very source with mypyc (the codec's
+module of the current schemas, `build.py`), the compiled extension, several times
+faster. The build is used only while its stamp matches the source (schemas, this
+generator and wire.py) and the interpreter, as the billing core's build is; with
+CDR_PURE_AVRO=1 in the environment the source is always exec'd. One source, two ways
+to run it: they cannot diverge.
 
 Only the types the pipeline's schemas use are compiled: a top-level record whose fields
 are string, long, int, boolean, enum, bytes with logicalType decimal, array of string,
@@ -16,13 +25,13 @@ Fidelity to fastavro, which stays the reference:
 
 - encoding: the compiled path only takes the canonical Python types (str, int in range,
   bool, a symbol, Decimal, a list or tuple of str, None in a union). Any other datum,
-  and any datum fastavro would reject, makes the compiled function hand the record to
-  the caller's fallback (fastavro), so odd-but-accepted inputs (a float for a long, the
-  tuple notation of unions, raw bytes for a decimal) still give fastavro's bytes, and
-  invalid ones fastavro's own exception. Decimals are converted exactly as fastavro's
-  `prepare_bytes_decimal` does: more digits than the precision or an exponent below
-  -scale is an error, a coarser exponent is rescaled (Decimal("0.01") at scale 8 is
-  1000000 unscaled), and the two's-complement width is (bit_length + 8) // 8 bytes.
+  and any datum fastavro would reject, makes the generated function return None and the
+  caller's fallback (fastavro) encode it, so odd-but-accepted inputs (a float for a
+  long, the tuple notation of unions, raw bytes for a decimal) still give fastavro's
+  bytes, and invalid ones fastavro's own exception. Decimals are converted exactly as
+  fastavro's `prepare_bytes_decimal` does: more digits than the precision or an exponent
+  below -scale is an error, a coarser exponent is rescaled (Decimal("0.01") at scale 8
+  is 1000000 unscaled), and the two's-complement width is (bit_length + 8) // 8 bytes.
 - decoding: values, types and key order are fastavro's (enums as symbols, decimals
   built with a context of the field's precision and `scaleb(-scale)`, as its
   `read_decimal`). Corrupt input raises `CorruptBody` where fastavro would raise, and
@@ -33,42 +42,34 @@ Fidelity to fastavro, which stays the reference:
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import importlib.util
 import keyword
+import os
 import re
-from collections.abc import Callable
-from decimal import (
-    MAX_EMAX,
-    MIN_EMIN,
-    Clamped,
-    Context,
-    Decimal,
-    DivisionByZero,
-    Inexact,
-    InvalidOperation,
-    Overflow,
-    Rounded,
-    Subnormal,
-    Underflow,
-)
-from typing import Any
+import sys
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pipeline.avro import wire
+from pipeline.avro.errors import CorruptBody, UnsupportedSchema
+
+__all__ = ["CorruptBody", "Decoder", "Encoder", "Unit", "UnsupportedSchema", "compile_decoder",
+           "compile_encoder", "load", "module_source"]
 
 Decoder = Callable[[bytes, int], tuple[dict[str, Any], int]]
 Encoder = Callable[[Any], bytes]
+Generated = Callable[[Any], bytes | None]  # a generated encoder: None means "defer"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PRIMITIVES = ("string", "long", "int", "boolean")
 
-
-class UnsupportedSchema(ValueError):
-    """The schema uses an Avro type (or shape) this compiler does not handle."""
-
-
-class CorruptBody(ValueError):
-    """The bytes are not a valid Avro body for the compiled schema."""
-
-
-class _Defer(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised inside a compiled encoder: this datum is not in the canonical shape."""
+# Where bootstrap.sh puts the mypyc build of the codec's module, and its module name.
+BUILD_DIR = Path(sys.prefix) / "cdr-avro-mypyc"
+MODULE = "cdr_avro_codec"
 
 
 # -- schema analysis -----------------------------------------------------------------
@@ -145,174 +146,213 @@ def _fields(schema: Any) -> list[_Field]:
     return out
 
 
-# -- varints -------------------------------------------------------------------------
+# -- the module's source ---------------------------------------------------------------
 
 
-def _write_varint(out: bytearray, z: int) -> None:
-    """Append the varint of zigzagged `z`; a value outside 64 bits is fastavro's error."""
-    if z >> 64:
-        raise _Defer
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
+class Unit(NamedTuple):
+    """One generated function: `name`, what it does with the record schema `schema`.
+
+    `direction` is "decode" (buf, pos) -> (record dict, end), or "encode" datum ->
+    prefix + body, or None when the datum is not in the canonical shape. An encoder reads
+    the fields by `access`: "key" (a mapping), "attribute" (any object, a NamedTuple),
+    or "position" (a tuple whose items are the schema's fields in order; the caller
+    checks the tuple's type)."""
+
+    name: str
+    direction: str
+    schema: Any
+    prefix: bytes = b""
+    access: str = "key"
 
 
-def _zigzag_bytes(value: int) -> bytes:
-    """The Avro encoding of a long known at compile time (tags, enum indexes)."""
-    out = bytearray()
-    _write_varint(out, (value << 1) ^ (value >> 63))
-    return bytes(out)
+def module_source(units: Sequence[Unit]) -> str:
+    """The source of a module holding the functions of `units` (wire.py's text first).
+    Raises UnsupportedSchema for a schema the compiler does not handle."""
+    s = _Source()
+    for unit in units:
+        if not unit.name.isidentifier() or unit.name.startswith("_"):
+            raise ValueError(f"not a public function name: {unit.name!r}")
+        if unit.direction == "decode":
+            _decoder(s, unit)
+        elif unit.direction == "encode":
+            _encoder(s, unit)
+        else:
+            raise ValueError(f"direction must be decode or encode, got {unit.direction!r}")
+    wire_text = Path(wire.__file__).read_text()
+    banner = "# -- generated by pipeline/avro/compiled.py from the record schemas --"
+    return "\n".join([wire_text.rstrip(), "", "", banner, "", *s.consts, "", *s.lines, ""])
 
 
-def _read_long_slow(buf: bytes, pos: int) -> tuple[int, int]:
-    """Read a zigzag varint at `pos`: (value, next pos). At most 10 bytes, 64 bits."""
-    start = pos
-    b = buf[pos]
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
-        pos += 1
-        if shift > 63:
-            raise CorruptBody(f"varint at byte {start} is longer than 10 bytes")
-        b = buf[pos]
-        n |= (b & 0x7F) << shift
-        shift += 7
-    if n >> 64:
-        raise CorruptBody(f"varint at byte {start} overflows 64 bits")
-    return (n >> 1) ^ -(n & 1), pos + 1
+def source_stamp(source: str) -> str:
+    """What a build of `source` must carry: the source's and the interpreter's hash."""
+    digest = hashlib.sha256(sys.implementation.cache_tag.encode())
+    digest.update(source.encode())
+    return digest.hexdigest()
 
 
-def _read_long(buf: bytes, pos: int) -> tuple[int, int]:
-    """_read_long_slow unrolled for up to 7 bytes (epoch milliseconds take 6)."""
-    b = buf[pos]
-    if b < 0x80:
-        return (b >> 1) ^ -(b & 1), pos + 1
-    n = b & 0x7F
-    b = buf[pos + 1]
-    if b < 0x80:
-        n |= b << 7
-        return (n >> 1) ^ -(n & 1), pos + 2
-    n |= (b & 0x7F) << 7
-    b = buf[pos + 2]
-    if b < 0x80:
-        n |= b << 14
-        return (n >> 1) ^ -(n & 1), pos + 3
-    n |= (b & 0x7F) << 14
-    b = buf[pos + 3]
-    if b < 0x80:
-        n |= b << 21
-        return (n >> 1) ^ -(n & 1), pos + 4
-    n |= (b & 0x7F) << 21
-    b = buf[pos + 4]
-    if b < 0x80:
-        n |= b << 28
-        return (n >> 1) ^ -(n & 1), pos + 5
-    n |= (b & 0x7F) << 28
-    b = buf[pos + 5]
-    if b < 0x80:
-        n |= b << 35
-        return (n >> 1) ^ -(n & 1), pos + 6
-    n |= (b & 0x7F) << 35
-    b = buf[pos + 6]
-    if b < 0x80:
-        n |= b << 42
-        return (n >> 1) ^ -(n & 1), pos + 7
-    return _read_long_slow(buf, pos)
+_BUILT: dict[str, types.ModuleType] = {}  # stamp -> the extension, loaded once
 
 
-def _read_index(buf: bytes, pos: int, count: int, what: str) -> tuple[int, int]:
-    """The slow path of a union branch or enum index: any varint form, range-checked."""
-    index, after = _read_long(buf, pos)
-    if not 0 <= index < count:
-        raise CorruptBody(f"{what}: index {index} at byte {pos} is out of range 0..{count - 1}")
-    return index, after
+def load(source: str, name: str = "avro_generated") -> types.ModuleType:
+    """The module of `source`: the mypyc build when it was built from this very source
+    (and CDR_PURE_AVRO is not set), else the source exec'd as Python."""
+    if not os.environ.get("CDR_PURE_AVRO"):
+        built = _built(source)
+        if built is not None:
+            return built
+    module = types.ModuleType(name)
+    code = compile(source, f"<{name}>", "exec")
+    exec(code, module.__dict__)  # noqa: S102 - source generated above from validated schemas
+    return module
 
 
-def _one_byte_table(count: int, values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """byte -> value for the canonical one-byte encodings of indexes 0..count-1, else None."""
-    table: list[Any] = [None] * 256
-    for i in range(min(count, 64)):
-        table[i << 1] = values[i]
-    return tuple(table)
+def is_built(module: types.ModuleType) -> bool:
+    """Whether `module` (from `load`) is the mypyc build."""
+    return module in _BUILT.values()
 
 
-# -- decimals ------------------------------------------------------------------------
-# Both directions are pure functions of a small key (the Decimal's str, the bytes), and
-# money values repeat (rates from a deck, fees of common durations), so results are
-# kept in a small per-field cache, emptied when full.
-_CACHE_SIZE = 4096
+def _built(source: str) -> types.ModuleType | None:
+    stamp = source_stamp(source)
+    if stamp in _BUILT:
+        return _BUILT[stamp]
+    try:
+        if (BUILD_DIR / "STAMP").read_text().strip() != stamp:
+            return None
+    except OSError:
+        return None
+    path = BUILD_DIR / f"{MODULE}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    if spec is None or spec.loader is None or not path.exists():
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _BUILT[stamp] = module
+    return module
 
 
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> Any:
-    if len(cache) >= _CACHE_SIZE:
-        cache.clear()
-    cache[key] = value
-    return value
+# -- one function, for a schema on its own (tests, and schemas outside the codec) -------
 
 
-def _exact_context(precision: int) -> Context:
-    """A context in which any rounding or range condition raises (the encoder defers)."""
-    return Context(prec=precision, Emax=MAX_EMAX, Emin=MIN_EMIN,
-                   traps=[Clamped, DivisionByZero, Inexact, InvalidOperation, Overflow,
-                          Rounded, Subnormal, Underflow])
+def compile_decoder(schema: Any) -> Decoder:
+    """decode(buf, pos) -> (record dict, position after the record), for the writer
+    schema `schema` read as itself (no schema resolution). `buf` must be `bytes`."""
+    module = load(module_source([Unit("decode", "decode", schema)]))
+    return module.decode  # type: ignore[no-any-return]
 
 
-_EXACT = [_exact_context(p) for p in range(1, 40)]
+def compile_encoder(
+    schema: Any,
+    fallback: Callable[[Any], bytes],
+    *,
+    prefix: bytes = b"",
+    by_attribute: bool = False,
+) -> Encoder:
+    """encode(datum) -> prefix + Avro body of `datum` under `schema`.
+
+    `datum` is a mapping keyed by field name, or with `by_attribute` any object with
+    the fields as attributes (a NamedTuple). When the datum is not in the canonical
+    shape (see the module docstring) `fallback(datum)` is returned instead: it must
+    produce the same message with fastavro, or raise fastavro's error.
+    """
+    access = "attribute" if by_attribute else "key"
+    module = load(module_source([Unit("encode", "encode", schema, prefix, access)]))
+    return with_fallback(module.encode, fallback)
 
 
-def _decimal_bytes(value: Decimal, precision: int, scale: int) -> bytes:
-    """Length-prefixed two's complement of `value` at `scale`, as fastavro's
-    prepare_bytes_decimal computes it; raises _Defer where fastavro raises."""
-    _sign, digits, exp = value.as_tuple()
-    if len(digits) > precision or type(exp) is not int or exp + scale < 0:
-        raise _Defer  # fastavro: ValueError (precision, scale) or TypeError (NaN, Infinity)
-    # exact: at most `precision` digits, and the exponent stays >= 0
-    ctx = _EXACT[precision - 1] if precision <= len(_EXACT) else _exact_context(precision)
-    unscaled = int(ctx.scaleb(value, scale))
-    body = unscaled.to_bytes((unscaled.bit_length() + 8) >> 3, "big", signed=True)
-    return _zigzag_bytes(len(body)) + body
+def with_fallback(encode: Generated, fallback: Callable[[Any], bytes]) -> Encoder:
+    """A generated encoder that hands what it does not take to `fallback` (fastavro):
+    its bytes, or its own exception, so callers see exactly what they saw before."""
 
+    def encoder(datum: Any) -> bytes:
+        out = encode(datum)
+        return fallback(datum) if out is None else out
 
-def _read_decimal(raw: bytes, ctx: Context, scale: int) -> Decimal:
-    """fastavro's read_decimal: `ctx` has the field's precision (and default settings)."""
-    return ctx.create_decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale, ctx)
+    return encoder
 
 
 # -- code generation -----------------------------------------------------------------
 
 
 class _Source:
-    """Indented source lines plus the constants they refer to by name."""
+    """Indented source lines, and the module constants they refer to by name."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.names: dict[str, Any] = {}
+        self.consts: list[str] = []
+        self._named: dict[tuple[str, str], str] = {}  # (annotation, value) -> its name
 
     def emit(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
-    def const(self, prefix: str, value: Any) -> str:
-        name = f"_{prefix}{len(self.names)}"
-        self.names[name] = value
+    def const(self, prefix: str, annotation: str, value: str) -> str:
+        """A module constant of `value` (its source), annotated Final[`annotation`]; one
+        constant for equal values, but for mutable ones (a cache per field)."""
+        key = (annotation, value)
+        if key in self._named and value != "{}":
+            return self._named[key]
+        name = self._named[key] = f"_{prefix}{len(self.consts)}"
+        self.consts.append(f"{name}: Final[{annotation}] = {value}")
         return name
 
 
-def _exec(src: _Source, func: str, env: dict[str, Any]) -> Any:
-    namespace: dict[str, Any] = {**env, **src.names}
-    code = compile("\n".join(src.lines) + "\n", f"<avro_compiled {func}>", "exec")
-    exec(code, namespace)  # noqa: S102 - source built above from a validated schema only
-    return namespace[func]
+def _one_byte_table(count: int, values: tuple[str, ...]) -> tuple[str | None, ...]:
+    """byte -> value for the canonical one-byte encodings of indexes 0..count-1, else None."""
+    table: list[str | None] = [None] * 256
+    for i in range(min(count, 64)):
+        table[i << 1] = values[i]
+    return tuple(table)
 
 
-# -- decoder -------------------------------------------------------------------------
+_DECODED_TYPE = {"string": "str", "long": "int", "int": "int", "boolean": "bool",
+                 "enum": "str", "decimal": "Decimal", "array": "list[str]"}
+
+
+def _decoder(s: _Source, unit: Unit) -> None:
+    fields = _fields(unit.schema)
+    s.emit(0, f"def {unit.name}(buf: bytes, pos: int) -> tuple[dict[str, Any], int]:")
+    for line in ("end: int = len(buf)", "b: int", "n: int", "e: int", "i: int",
+                 "sym: str | None", "dec: Decimal | None", "count: int", "size: int"):
+        s.emit(1, line)
+    for f in fields:
+        kind = _DECODED_TYPE[f.kind]
+        s.emit(1, f"v{f.index}: {kind if f.null_index is None else kind + ' | None'}")
+    s.emit(1, "try:")
+    for f in fields:
+        target = f"v{f.index}"
+        if f.null_index is None:
+            _dec_value(s, 2, f, target)
+            continue
+        # the canonical one-byte tags inline; any other form of the index (an over-long
+        # varint) or an invalid one through read_index, then the same value code
+        value_index = 1 - f.null_index
+        s.emit(2, "b = buf[pos]")
+        s.emit(2, f"if b == {f.null_index << 1}:")
+        s.emit(3, f"{target} = None")
+        s.emit(3, "pos += 1")
+        s.emit(2, f"elif b == {value_index << 1}:")
+        s.emit(3, "pos += 1")
+        _dec_value(s, 3, f, target)
+        s.emit(2, "else:")
+        s.emit(3, f"i, pos = read_index(buf, pos, 2, {'field ' + f.name + ' union'!r})")
+        s.emit(3, f"if i == {value_index}:")
+        _dec_value(s, 4, f, target)
+        s.emit(3, "else:")
+        s.emit(4, f"{target} = None")
+    s.emit(1, "except IndexError:")
+    s.emit(2, "raise CorruptBody(f'truncated: the body ends at byte {end} inside the record') "
+              "from None")
+    s.emit(1, "except UnicodeDecodeError as exc:")
+    s.emit(2, "raise CorruptBody(f'invalid UTF-8 in a string: {exc}') from None")
+    items = ", ".join(f"{f.name!r}: v{f.index}" for f in fields)
+    s.emit(1, f"return {{{items}}}, pos")
+    s.emit(0, "")
 
 
 def _dec_length(s: _Source, d: int, what: str) -> None:
     """Read a non-negative byte length into n, then check the bytes are there (into e)."""
     s.emit(d, "b = buf[pos]")
     s.emit(d, "if b & 0x81:")
-    s.emit(d + 1, "n, pos = _read_long(buf, pos)")
+    s.emit(d + 1, "n, pos = read_long(buf, pos)")
     s.emit(d + 1, "if n < 0:")
     s.emit(d + 2, f"raise CorruptBody(f'{what}: negative length {{n}} before byte {{pos}}')")
     s.emit(d, "else:")
@@ -337,187 +377,65 @@ def _dec_value(s: _Source, d: int, f: _Field, target: str) -> None:
         s.emit(d + 1, f"{target} = (b >> 1) ^ -(b & 1)")
         s.emit(d + 1, "pos += 1")
         s.emit(d, "else:")
-        s.emit(d + 1, f"{target}, pos = _read_long(buf, pos)")
+        s.emit(d + 1, f"{target}, pos = read_long(buf, pos)")
     elif f.kind == "boolean":
         s.emit(d, f"{target} = buf[pos] != 0")  # fastavro: any non-zero byte is true
         s.emit(d, "pos += 1")
     elif f.kind == "enum":
         symbols = f.spec
-        table = s.const("enum", _one_byte_table(len(symbols), symbols))
-        syms = s.const("symbols", symbols)
-        s.emit(d, f"{target} = {table}[buf[pos]]")
-        s.emit(d, f"if {target} is None:")
-        s.emit(d + 1, f"i, pos = _read_index(buf, pos, {len(symbols)}, {what + ' enum'!r})")
-        s.emit(d + 1, f"{target} = {syms}[i]")
+        table = s.const("enum", "tuple[str | None, ...]",
+                        repr(_one_byte_table(len(symbols), symbols)))
+        syms = s.const("symbols", "tuple[str, ...]", repr(tuple(symbols)))
+        s.emit(d, f"sym = {table}[buf[pos]]")
+        s.emit(d, "if sym is None:")
+        s.emit(d + 1, f"i, pos = read_index(buf, pos, {len(symbols)}, {what + ' enum'!r})")
+        s.emit(d + 1, f"sym = {syms}[i]")
         s.emit(d, "else:")
         s.emit(d + 1, "pos += 1")
+        s.emit(d, f"{target} = sym")
     elif f.kind == "decimal":
         precision, scale = f.spec
-        ctx = s.const("ctx", Context(prec=precision))
-        cache = s.const("cache", {})
+        ctx = s.const("ctx", "Context", f"Context(prec={precision})")
+        cache = s.const("cache", "dict[bytes, Decimal]", "{}")
         _dec_length(s, d, what)
         s.emit(d, "raw = buf[pos:e]")
-        s.emit(d, f"{target} = {cache}.get(raw)")
-        s.emit(d, f"if {target} is None:")
-        s.emit(d + 1, f"{target} = _remember({cache}, raw, _read_decimal(raw, {ctx}, {scale}))")
+        s.emit(d, f"dec = {cache}.get(raw)")
+        s.emit(d, "if dec is None:")
+        s.emit(d + 1, f"dec = remember({cache}, raw, read_decimal(raw, {ctx}, {scale}))")
+        s.emit(d, f"{target} = dec")
         s.emit(d, "pos = e")
     elif f.kind == "array":
         s.emit(d, f"{target} = []")
-        s.emit(d, "count, pos = _read_long(buf, pos)")
+        s.emit(d, "count, pos = read_long(buf, pos)")
         s.emit(d, "while count:")
         s.emit(d + 1, "if count < 0:")  # a block with its byte size, which we do not need
         s.emit(d + 2, "count = -count")
-        s.emit(d + 2, "_size, pos = _read_long(buf, pos)")
+        s.emit(d + 2, "size, pos = read_long(buf, pos)")
         s.emit(d + 1, "for _ in range(count):")
         _dec_length(s, d + 2, what + " item")
         s.emit(d + 2, f"{target}.append(buf[pos:e].decode())")
         s.emit(d + 2, "pos = e")
-        s.emit(d + 1, "count, pos = _read_long(buf, pos)")
+        s.emit(d + 1, "count, pos = read_long(buf, pos)")
     else:  # pragma: no cover - _leaf admits nothing else
         raise UnsupportedSchema(f.kind)
 
 
-def compile_decoder(schema: Any) -> Decoder:
-    """decode(buf, pos) -> (record dict, position after the record), for the writer
-    schema `schema` read as itself (no schema resolution). `buf` must be `bytes`."""
-    fields = _fields(schema)
-    s = _Source()
-    s.emit(0, "def decode(buf, pos):")
-    s.emit(1, "end = len(buf)")
+def _encoder(s: _Source, unit: Unit) -> None:
+    fields = _fields(unit.schema)
+    datum = "tuple[Any, ...]" if unit.access == "position" else "Any"
+    s.emit(0, f"def {unit.name}(r: {datum}) -> bytes | None:")
+    for line in ("v: object", "item: object", "b: bytes", "tagged: bytes | None", "n: int",
+                 "z: int", "k: str"):
+        s.emit(1, line)
+    s.emit(1, f"out: list[bytes] = [{unit.prefix!r}]" if unit.prefix else "out: list[bytes] = []")
     s.emit(1, "try:")
+    if unit.access == "position":
+        s.emit(2, f"if len(r) != {len(fields)}:")
+        s.emit(3, "return None")
     for f in fields:
-        target = f"v{f.index}"
-        if f.null_index is None:
-            _dec_value(s, 2, f, target)
-            continue
-        # the canonical one-byte tags inline; any other form of the index (an over-long
-        # varint) or an invalid one through _read_index, then the same value code
-        value_index = 1 - f.null_index
-        s.emit(2, "b = buf[pos]")
-        s.emit(2, f"if b == {f.null_index << 1}:")
-        s.emit(3, f"{target} = None")
-        s.emit(3, "pos += 1")
-        s.emit(2, f"elif b == {value_index << 1}:")
-        s.emit(3, "pos += 1")
-        _dec_value(s, 3, f, target)
-        s.emit(2, "else:")
-        s.emit(3, f"i, pos = _read_index(buf, pos, 2, {'field ' + f.name + ' union'!r})")
-        s.emit(3, f"if i == {value_index}:")
-        _dec_value(s, 4, f, target)
-        s.emit(3, "else:")
-        s.emit(4, f"{target} = None")
-    s.emit(1, "except IndexError:")
-    s.emit(2, "raise CorruptBody(f'truncated: the body ends at byte {end} inside the record') "
-              "from None")
-    s.emit(1, "except UnicodeDecodeError as exc:")
-    s.emit(2, "raise CorruptBody(f'invalid UTF-8 in a string: {exc}') from None")
-    items = ", ".join(f"{f.name!r}: v{f.index}" for f in fields)
-    s.emit(1, f"return {{{items}}}, pos")
-    env = {"_read_long": _read_long, "_read_index": _read_index, "_read_decimal": _read_decimal,
-           "_remember": _remember, "CorruptBody": CorruptBody}
-    return _exec(s, "decode", env)  # type: ignore[no-any-return]
-
-
-# -- encoder -------------------------------------------------------------------------
-
-
-def _enc_string(s: _Source, d: int, value: str) -> None:
-    s.emit(d, f"b = {value}.encode()")
-    s.emit(d, "n = len(b)")
-    s.emit(d, "if n < 64:")
-    s.emit(d + 1, "out.append(n << 1)")
-    s.emit(d, "else:")
-    s.emit(d + 1, "_write_varint(out, n << 1)")
-    s.emit(d, "out += b")
-
-
-def _enc_value(s: _Source, d: int, f: _Field, tag: bytes) -> None:
-    """Encode `v` (not None) of field f, after the union tag `tag` (b"" outside a union).
-    Anything but the canonical Python type raises _Defer."""
-    put_tag = f"out += {tag!r}" if tag else None
-    if f.kind == "string":
-        s.emit(d, "if type(v) is not str:")
-        s.emit(d + 1, "raise _Defer")
-        if put_tag:
-            s.emit(d, put_tag)
-        _enc_string(s, d, "v")
-    elif f.kind in ("long", "int"):
-        s.emit(d, "if type(v) is not int:")
-        s.emit(d + 1, "raise _Defer")
-        if f.kind == "int" and f.null_index is not None:
-            # fastavro picks the int branch only for 32-bit values
-            s.emit(d, "if not -0x80000000 <= v <= 0x7FFFFFFF:")
-            s.emit(d + 1, "raise _Defer")
-        if put_tag:
-            s.emit(d, put_tag)
-        s.emit(d, "z = (v << 1) ^ (v >> 63)")
-        s.emit(d, "if z < 0x80:")
-        s.emit(d + 1, "out.append(z)")
-        s.emit(d, "else:")
-        s.emit(d + 1, "_write_varint(out, z)")
-    elif f.kind == "boolean":
-        true, false = tag + b"\x01", tag + b"\x00"
-        s.emit(d, "if v is True:")
-        s.emit(d + 1, f"out += {true!r}")
-        s.emit(d, "elif v is False:")
-        s.emit(d + 1, f"out += {false!r}")
-        s.emit(d, "else:")
-        s.emit(d + 1, "raise _Defer")
-    elif f.kind == "enum":
-        encoded = {sym: tag + _zigzag_bytes(i) for i, sym in enumerate(f.spec)}
-        table = s.const("symbols", encoded)
-        s.emit(d, f"b = {table}.get(v) if type(v) is str else None")
-        s.emit(d, "if b is None:")
-        s.emit(d + 1, "raise _Defer")
-        s.emit(d, "out += b")
-    elif f.kind == "decimal":
-        precision, scale = f.spec
-        cache = s.const("cache", {})
-        s.emit(d, "if type(v) is not Decimal:")
-        s.emit(d + 1, "raise _Defer")
-        # str() is exact and reversible (sign, digits, exponent), so it keys the result
-        s.emit(d, "k = str(v)")
-        s.emit(d, f"b = {cache}.get(k)")
-        s.emit(d, "if b is None:")
-        s.emit(d + 1, f"b = _remember({cache}, k, _decimal_bytes(v, {precision}, {scale}))")
-        if put_tag:
-            s.emit(d, put_tag)
-        s.emit(d, "out += b")
-    elif f.kind == "array":
-        s.emit(d, "if type(v) is not list and type(v) is not tuple:")
-        s.emit(d + 1, "raise _Defer")
-        s.emit(d, "if v:")
-        s.emit(d + 1, "_write_varint(out, len(v) << 1)")
-        s.emit(d + 1, "for item in v:")
-        s.emit(d + 2, "if type(item) is not str:")
-        s.emit(d + 3, "raise _Defer")
-        _enc_string(s, d + 2, "item")
-        s.emit(d, "out.append(0)")
-    else:  # pragma: no cover - _leaf admits nothing else
-        raise UnsupportedSchema(f.kind)
-
-
-def compile_encoder(
-    schema: Any,
-    fallback: Callable[[Any], bytes],
-    *,
-    prefix: bytes = b"",
-    by_attribute: bool = False,
-) -> Encoder:
-    """encode(datum) -> prefix + Avro body of `datum` under `schema`.
-
-    `datum` is a mapping keyed by field name, or with `by_attribute` any object with
-    the fields as attributes (a NamedTuple). When the datum is not in the canonical
-    shape (see the module docstring) `fallback(datum)` is returned instead: it must
-    produce the same message with fastavro, or raise fastavro's error.
-    """
-    fields = _fields(schema)
-    s = _Source()
-    s.emit(0, "def encode(r):")
-    s.emit(1, f"out = bytearray({prefix!r})")
-    s.emit(1, "try:")
-    for f in fields:
-        if by_attribute:
+        if unit.access == "position":
+            s.emit(2, f"v = r[{f.index}]")
+        elif unit.access == "attribute":
             ok = f.name.isidentifier() and not keyword.iskeyword(f.name)
             s.emit(2, f"v = r.{f.name}" if ok else f"v = getattr(r, {f.name!r})")
         else:
@@ -525,20 +443,87 @@ def compile_encoder(
         if f.null_index is None:
             _enc_value(s, 2, f, b"")
             continue
-        null_tag = _zigzag_bytes(f.null_index)
-        value_tag = _zigzag_bytes(1 - f.null_index)
+        null_tag = wire.zigzag_bytes(f.null_index)
+        value_tag = wire.zigzag_bytes(1 - f.null_index)
         s.emit(2, "if v is None:")
-        s.emit(3, f"out += {null_tag!r}")
+        s.emit(3, f"out.append({null_tag!r})")
         s.emit(2, "else:")
         _enc_value(s, 3, f, value_tag)
-    s.emit(2, "return bytes(out)")
-    # Anything the straight-line code does not take, fastavro decides: its bytes, or its
-    # own exception (class and message), so callers see exactly what they saw before.
-    # (Called after the except block, so its exception is not chained to ours.)
+    s.emit(2, "return b''.join(out)")
+    # Anything the straight-line code does not take, fastavro decides (the caller's
+    # fallback): its bytes, or its own exception.
     s.emit(1, "except Exception:")
-    s.emit(2, "pass")
-    s.emit(1, "return _fallback(r)")
-    env = {"_write_varint": _write_varint, "_decimal_bytes": _decimal_bytes,
-           "_remember": _remember, "_Defer": _Defer, "Decimal": Decimal, "_fallback": fallback}
-    return _exec(s, "encode", env)  # type: ignore[no-any-return]
+    s.emit(2, "return None")
+    s.emit(0, "")
 
+
+def _enc_string(s: _Source, d: int, value: str, tag: bytes) -> None:
+    """Append the length-prefixed UTF-8 of `value` (a str), after `tag`: the tag and a
+    length under 64 as one constant."""
+    lengths = s.const("len", "tuple[bytes, ...]",
+                      repr(tuple(tag + bytes((n << 1,)) for n in range(64))))
+    s.emit(d, f"b = {value}.encode()")
+    s.emit(d, "n = len(b)")
+    long_form = f"{tag!r} + write_varint(n << 1)" if tag else "write_varint(n << 1)"
+    s.emit(d, f"out.append({lengths}[n] if n < 64 else {long_form})")
+    s.emit(d, "out.append(b)")
+
+
+def _enc_value(s: _Source, d: int, f: _Field, tag: bytes) -> None:
+    """Encode `v` (not None) of field f, after the union tag `tag` (b"" outside a union).
+    Anything but the canonical Python type raises Defer."""
+    put_tag = f"out.append({tag!r})" if tag else None
+    if f.kind == "string":
+        s.emit(d, "if type(v) is not str:")
+        s.emit(d + 1, "raise Defer")
+        _enc_string(s, d, "v", tag)
+    elif f.kind in ("long", "int"):
+        s.emit(d, "if type(v) is not int:")
+        s.emit(d + 1, "raise Defer")
+        if f.kind == "int" and f.null_index is not None:
+            # fastavro picks the int branch only for 32-bit values
+            s.emit(d, "if not -0x80000000 <= v <= 0x7FFFFFFF:")
+            s.emit(d + 1, "raise Defer")
+        if put_tag:
+            s.emit(d, put_tag)
+        s.emit(d, "z = (v << 1) ^ (v >> 63)")
+        s.emit(d, "out.append(BYTE[z] if z < 0x80 else write_varint(z))")
+    elif f.kind == "boolean":
+        true, false = tag + b"\x01", tag + b"\x00"
+        s.emit(d, "if v is True:")
+        s.emit(d + 1, f"out.append({true!r})")
+        s.emit(d, "elif v is False:")
+        s.emit(d + 1, f"out.append({false!r})")
+        s.emit(d, "else:")
+        s.emit(d + 1, "raise Defer")
+    elif f.kind == "enum":
+        encoded = {sym: tag + wire.zigzag_bytes(i) for i, sym in enumerate(f.spec)}
+        table = s.const("symbols", "dict[str, bytes]", repr(encoded))
+        s.emit(d, f"tagged = {table}.get(v) if type(v) is str else None")
+        s.emit(d, "if tagged is None:")
+        s.emit(d + 1, "raise Defer")
+        s.emit(d, "out.append(tagged)")
+    elif f.kind == "decimal":
+        precision, scale = f.spec
+        cache = s.const("cache", "dict[str, bytes]", "{}")
+        s.emit(d, "if type(v) is not Decimal:")
+        s.emit(d + 1, "raise Defer")
+        # str() is exact and reversible (sign, digits, exponent), so it keys the result
+        s.emit(d, "k = str(v)")
+        s.emit(d, f"tagged = {cache}.get(k)")
+        s.emit(d, "if tagged is None:")
+        s.emit(d + 1, f"tagged = remember({cache}, k, {tag!r} + decimal_bytes(v, {precision}, "
+                      f"{scale}))")
+        s.emit(d, "out.append(tagged)")
+    elif f.kind == "array":
+        s.emit(d, "if type(v) is not list and type(v) is not tuple:")
+        s.emit(d + 1, "raise Defer")
+        s.emit(d, "if v:")
+        s.emit(d + 1, "out.append(write_varint(len(v) << 1))")
+        s.emit(d + 1, "for item in v:")
+        s.emit(d + 2, "if type(item) is not str:")
+        s.emit(d + 3, "raise Defer")
+        _enc_string(s, d + 2, "item", b"")
+        s.emit(d, "out.append(BYTE[0])")
+    else:  # pragma: no cover - _leaf admits nothing else
+        raise UnsupportedSchema(f.kind)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 COMPILED_MODULES = (
     "cdr", "correlator", "deadlines", "decks", "events", "money", "numbers", "packed",
-    "policy", "rating", "state",
+    "policy", "rating", "state", "state_codec",
 )
 BUILD_DIR = Path(sys.prefix) / "cdr-core-mypyc"
 

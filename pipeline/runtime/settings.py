@@ -145,10 +145,11 @@ class WorkerSettings:
     # what the broker stores and the standby replicas fetch (docs/streaming.md).
     changelog_compression: str = "zstd"
     # Standby replicas of each table partition (Faust's table_standby_replicas): a worker
-    # keeps a copy of partitions other workers own, replaying their changelog, so that a
-    # failover finds the calls loaded; 0 leaves the new owner to recover them from the
-    # changelog when it takes over (docs/streaming.md, Scaling).
-    standby_replicas: int = 1
+    # replays the changelog of partitions other workers own. Only a rocksdb:// store
+    # keeps where that replay got to, sparing a new owner the replay when it takes over;
+    # with memory:// the new owner replays the partition's changelog from its start
+    # either way, so a standby only doubles the workers' CPU (docs/streaming.md, Scaling).
+    standby_replicas: int = 0
 
     def __post_init__(self) -> None:
         formats = ("compact", "json")  # pipeline.worker.changelog.FORMATS
@@ -167,6 +168,7 @@ class SinkSettings:
     group: str = "cdr-sink"
     batch_rows: int = 5000
     batch_seconds: float = 1.0
+    insert_gap_s: float = 0.25  # least time between partial inserts (docs/sink.md)
     metrics_port: int = 0
 
 

@@ -6,10 +6,12 @@ a tombstone). Offsets of such records still have to be committed, so the batcher
 tracks, per (topic, partition), the first and last offset it has seen besides the
 rows. A batch is due when it holds `max_rows` rows or when its oldest record has
 waited `max_age_s` on the monotonic clock the caller passes in; a caller that has read
-everything there is may also take a partial batch early, at most once per `max_age_s`
-(`may_take_early`), which bounds the rate of small inserts the same way the age rule
-does. `take()` hands the batch out and forgets it; committing `Batch.commit_offsets`
-(last offset + 1 per partition) after a successful insert is the caller's job.
+everything there is may also take a partial batch early (`may_take_early`), at most
+once per `partial_gap_s` (by default `max_age_s`, which bounds the rate of small
+inserts the same way the age rule does; 0 leaves the pace to the caller, the sink
+inserting one batch at a time). `take()` hands the batch out and forgets it;
+committing `Batch.commit_offsets` (last offset + 1 per partition) after a successful
+insert is the caller's job.
 """
 
 from __future__ import annotations
@@ -97,13 +99,17 @@ class _Pending(Generic[T]):
 class Batcher(Generic[T]):
     """Accumulates rows with their (topic, partition, offset) until a batch is due."""
 
-    def __init__(self, max_rows: int = 5000, max_age_s: float = 1.0) -> None:
+    def __init__(self, max_rows: int = 5000, max_age_s: float = 1.0,
+                 partial_gap_s: float | None = None) -> None:
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be > 0, got {max_age_s}")
+        if partial_gap_s is not None and partial_gap_s < 0:
+            raise ValueError(f"partial_gap_s must be >= 0, got {partial_gap_s}")
         self.max_rows = max_rows
         self.max_age_s = max_age_s
+        self.partial_gap_s = max_age_s if partial_gap_s is None else partial_gap_s
         self._pending: dict[PartitionKey, _Pending[T]] = {}
         self._rows = 0
         self._started: float | None = None  # monotonic time of the oldest pending record
@@ -152,12 +158,18 @@ class Batcher(Generic[T]):
     def may_take_early(self, now: float) -> bool:
         """Whether a partial batch may be taken before it is due: rows are pending and no
         partial batch (fewer than `max_rows` rows, at least one) was taken in the last
-        `max_age_s`. For a caller that has read all there is to read: it stores the rows
-        at once instead of waiting for more that are not coming, and still makes at most
-        one small insert per `max_age_s`."""
+        `partial_gap_s`. For a caller that has read all there is to read: it stores the
+        rows at once instead of waiting for more that are not coming, and still makes at
+        most one small insert per `partial_gap_s`."""
         if self._rows == 0:
             return False
-        return self._last_partial is None or now - self._last_partial >= self.max_age_s
+        return self._last_partial is None or now - self._last_partial >= self.partial_gap_s
+
+    def time_until_partial(self, now: float) -> float:
+        """Seconds until a partial batch may be taken again (0: now), rows or not."""
+        if self._last_partial is None:
+            return 0.0
+        return max(0.0, self._last_partial + self.partial_gap_s - now)
 
     def time_until_due(self, now: float) -> float | None:
         """Seconds until the batch is due by age (0 if due), None when empty."""

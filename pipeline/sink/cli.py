@@ -83,6 +83,7 @@ def _run_sink(args: argparse.Namespace) -> int:
         database=parse_clickhouse_url(url).database,
         batch_rows=sink.batch_rows,
         batch_seconds=sink.batch_seconds,
+        insert_gap_s=sink.insert_gap_s,
     )
     backend, _ = open_backend(url, settings.clickhouse.user,
                               settings.clickhouse.password.reveal())

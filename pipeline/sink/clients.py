@@ -30,6 +30,7 @@ class SinkConsumer(Protocol):
     def subscribe(self, topics: list[str], on_assign: RebalanceCallback | None = None,
                   on_revoke: RebalanceCallback | None = None,
                   on_lost: RebalanceCallback | None = None) -> None: ...
+    def poll(self, timeout: float = -1) -> Message | None: ...
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
     def assignment(self) -> list[TopicPartition]: ...
@@ -75,7 +76,8 @@ class ConfluentClients:
 
 def consumer_conf(cfg: SinkConfig) -> dict[str, Any]:
     """The sink's consumer keys: manual commits, committed reads only, from the start
-    of the topic for a new group; `cfg.consumer_config` on top."""
+    of the topic for a new group, fetches that wait for a batch's worth of records;
+    `cfg.consumer_config` on top."""
     conf: dict[str, Any] = {
         "group.id": cfg.group,
         "client.id": f"{cfg.group}-consumer",
@@ -85,6 +87,8 @@ def consumer_conf(cfg: SinkConfig) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "max.poll.interval.ms": cfg.max_poll_interval_ms,
         "session.timeout.ms": cfg.session_timeout_ms,
+        "fetch.min.bytes": cfg.fetch_min_bytes,
+        "fetch.wait.max.ms": cfg.fetch_max_wait_ms,
     }
     conf.update(cfg.consumer_config)
     return conf

@@ -23,7 +23,7 @@ from pipeline.sink.dlq import DeadLetters
 from pipeline.sink.inserter import Backoff, InsertThread
 from pipeline.sink.lifecycle import Lifecycle
 from pipeline.sink.progress import Progress
-from pipeline.sink.reader import Fetch, Reader
+from pipeline.sink.reader import Reader
 from pipeline.sink.rebalance import Rebalance
 from pipeline.sink.store import BatchWriter, InsertRows
 from pipeline.storage.backend import ClickHouseBackend
@@ -48,7 +48,8 @@ class SinkLoop:
             self.consumer.close()
             raise
         lifecycle.bind(self.consumer)
-        self.batcher: Batcher[CdrRow] = Batcher(config.batch_rows, config.batch_seconds)
+        self.batcher: Batcher[CdrRow] = Batcher(config.batch_rows, config.batch_seconds,
+                                                config.insert_gap_s)
         self.progress = Progress(self.consumer, config, clock)
         self.dead_letters = DeadLetters(producer, config.dlq_topic, config.dlq_delivery_timeout_s,
                                         stats, config.topic)
@@ -162,19 +163,21 @@ class SinkLoop:
         self._lifecycle.stored()
 
     def _consume_timeout(self) -> float:
-        """Wait long (poll_timeout_s) only when idle; while records are flowing or rows
-        are pending, come back soon to flush a batch once all there is has been read."""
+        """How long a read may wait for its first record (it returns with the first one,
+        and every record fetched by then): long (poll_timeout_s) when nothing is batched;
+        with rows batched, until they may go in (due by age, or a partial batch allowed:
+        at once, or insert_gap_s after the last one); with an insert under way, soon, to
+        see it finish."""
         cfg = self.config
         now = self._clock()
         if self.inserter.busy:
             return cfg.fetch_wait_s  # back soon to see the insert finish
         until_due = self.batcher.time_until_due(now)
         if until_due is None:
-            return cfg.fetch_wait_s if self.reader.fetch is Fetch.FULL else cfg.poll_timeout_s
-        wait = min(cfg.poll_timeout_s, until_due)
-        if self.batcher.may_take_early(now):
-            wait = min(wait, cfg.fetch_wait_s)
-        return max(0.0, wait)
+            return cfg.poll_timeout_s
+        until_partial = self.batcher.time_until_partial(now)
+        return max(0.0, min(cfg.poll_timeout_s, until_due,
+                            until_partial if until_partial > 0 else cfg.fetch_wait_s))
 
     def _outage_step(self) -> None:
         """Keep the group membership alive while paused; retry when the backoff expires."""

@@ -32,6 +32,7 @@ class Fetch(Enum):
     """What the last consume() returned, the cue for how long to wait next."""
 
     UNREAD = "unread"  # nothing asked yet
+    NONE = "none"  # no record: the topic is quiet
     SHORT = "short"  # fewer records than asked: the client had no more fetched
     FULL = "full"  # as many as asked: more are probably there
 
@@ -52,8 +53,8 @@ class Reader:
 
     @property
     def drained(self) -> bool:
-        """The last consume() came back short: time to check for caught-up."""
-        return self.fetch is Fetch.SHORT
+        """The last consume() came back short (or empty): time to check for caught-up."""
+        return self.fetch is Fetch.SHORT or self.fetch is Fetch.NONE
 
     def fail(self, exc: BaseException) -> None:
         """An error raised inside a rebalance callback: re-raised from `consume`, in the
@@ -62,13 +63,19 @@ class Reader:
 
     def consume(self, timeout: float) -> list[Message]:
         """Up to what completes the batch, without errors or records of partitions no
-        longer assigned."""
+        longer assigned: as soon as one record is there (or after `timeout`), with every
+        record fetched by then. (A consume() of many records waits for all of them or its
+        whole timeout: a record that came early waited that long to be batched.)"""
         want = max(1, min(self._batch_rows - len(self._batcher), MAX_FETCH))
-        messages = self._consumer.consume(num_messages=want, timeout=timeout)
+        first = self._consumer.poll(timeout)
+        messages = [] if first is None else [first]
+        if first is not None and want > 1:
+            messages += self._consumer.consume(num_messages=want - 1, timeout=0)
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed
-        self.fetch = Fetch.SHORT if len(messages) < want else Fetch.FULL
+        self.fetch = (Fetch.FULL if len(messages) >= want else
+                      Fetch.SHORT if messages else Fetch.NONE)
         return [m for m in messages if self._usable(m)]
 
     def take_held(self) -> list[Message]:

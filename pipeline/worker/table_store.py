@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from pipeline.worker.call_store import TableWrite
@@ -47,12 +48,19 @@ class TableWriter:
             return 0
         data = self._table.data
         with current_event(event):
-            # One key at a time: a RocksDB store serializes each (its `update` would not).
-            for write in writes:
-                if write.value is None:
-                    data.pop(write.call_id, None)
-                else:
-                    data[write.call_id] = write.value
+            if isinstance(data, MemoryStore):
+                # a dict underneath (mode's FastUserDict): one update, not a call per key
+                data.update([(w.call_id, w.value) for w in writes])
+                for write in writes:
+                    if write.value is None:
+                        data.pop(write.call_id, None)
+            else:
+                # One key at a time: a RocksDB store serializes each (its `update` would not).
+                for write in writes:
+                    if write.value is None:
+                        data.pop(write.call_id, None)
+                    else:
+                        data[write.call_id] = write.value
         sent = await self._sender.send(self._topic, partition, [w.record for w in writes],
                                        self._compression)
         if sent is not None:

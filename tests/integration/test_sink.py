@@ -756,19 +756,20 @@ def stored_count(backend: ClickHouseBackend, database: str) -> int:
     return int(row[0])
 
 
-def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_batch_seconds(
+def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_insert_gap(
     kafka_bootstrap: str, topics: tuple[str, str], clickhouse_native: ClickHouseBackend,
     database: str,
 ) -> None:
     """Once everything on the topic is read, a partial batch is stored without waiting
-    for --batch-seconds; the next partial batch within --batch-seconds waits (here
-    until the stop), so small inserts stay at most one per --batch-seconds."""
+    for --batch-seconds; the next partial batch within insert_gap_s waits (here until
+    the stop), so small inserts stay at most one per insert_gap_s."""
     topic, dlq = topics
     first, _ = make_calls(30, "early-a")
     second, _ = make_calls(30, "early-b")
     produce_cdrs(kafka_bootstrap, topic, first)
     config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100_000,
-                         batch_seconds=3600)  # never due by rows or age in this test
+                         batch_seconds=3600,  # never due by rows or age in this test
+                         insert_gap_s=3600)
     with SinkThread(SinkService(config, clickhouse_native)) as sink:
         wait_for(lambda: stored_count(clickhouse_native, database) == len(first), 30,
                  "the first burst stored long before its batch is due by age")
@@ -781,6 +782,29 @@ def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_batc
         stats = sink.result()
     assert stats.batches == 2 and stats.rows_inserted == len(first) + len(second)
     assert stored_count(clickhouse_native, database) == len(first) + len(second)
+    assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
+
+
+def test_caught_up_sink_stores_the_next_partial_batch_once_the_gap_has_passed(
+    kafka_bootstrap: str, topics: tuple[str, str], clickhouse_native: ClickHouseBackend,
+    database: str,
+) -> None:
+    """With a short insert_gap_s, a second burst goes in as soon as the gap after the
+    first insert has passed, long before --batch-seconds."""
+    topic, dlq = topics
+    first, _ = make_calls(30, "next-a")
+    second, _ = make_calls(30, "next-b")
+    produce_cdrs(kafka_bootstrap, topic, first)
+    config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100_000,
+                         batch_seconds=3600, insert_gap_s=0.2)
+    with SinkThread(SinkService(config, clickhouse_native)) as sink:
+        wait_for(lambda: stored_count(clickhouse_native, database) == len(first), 30,
+                 "the first burst stored")
+        produce_cdrs(kafka_bootstrap, topic, second)
+        wait_for(lambda: stored_count(clickhouse_native, database) == len(first) + len(second),
+                 30, "the second burst stored long before its batch is due by age")
+        stats = sink.result()
+    assert stats.rows_inserted == len(first) + len(second)
     assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
 
 

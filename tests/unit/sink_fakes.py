@@ -118,6 +118,10 @@ class FakeConsumer:
             range(self.partitions[topic])))} if topic in self.partitions else {}
         return SimpleNamespace(topics=found)
 
+    def poll(self, timeout: float = -1) -> Message | None:
+        out = self.consume(1, timeout)
+        return out[0] if out else None
+
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         assert not self.closed
         while self._events:
@@ -304,6 +308,9 @@ class Rig:
             "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "poll_timeout_s": 0.05,
         }
         settings.update(config)
+        # These tests were written for one partial insert per batch_seconds; back-to-back
+        # partial inserts (insert_gap_s 0, the default) are asked for explicitly.
+        settings.setdefault("insert_gap_s", settings["batch_seconds"])
         self.config = SinkConfig(**settings)
         self.service = SinkService(self.config, self.backend,  # type: ignore[arg-type]
                                    clients=self.clients, insert=self.inserter,

@@ -62,6 +62,22 @@ def test_a_partial_batch_may_be_taken_early_once_per_max_age() -> None:
     assert b.may_take_early(2.1)
 
 
+def test_the_gap_between_partial_batches_is_its_own_setting() -> None:
+    assert Batcher(max_rows=3, max_age_s=2.0).partial_gap_s == 2.0  # by default max_age_s
+    b: Batcher[str] = Batcher(max_rows=3, max_age_s=60.0, partial_gap_s=0.0)
+    b.add(A0, 0, "a", now=0.0)
+    assert b.take(now=0.0) is not None
+    b.add(A0, 1, "b", now=0.01)
+    assert b.may_take_early(0.01) and not b.due(0.01)  # at once: the caller paces
+    spaced: Batcher[str] = Batcher(max_rows=3, max_age_s=60.0, partial_gap_s=0.5)
+    spaced.add(A0, 0, "a", now=0.0)
+    assert spaced.take(now=0.0) is not None
+    spaced.add(A0, 1, "b", now=0.1)
+    assert not spaced.may_take_early(0.4) and spaced.may_take_early(0.5)
+    with pytest.raises(ValueError, match="partial_gap_s"):
+        Batcher(partial_gap_s=-0.1)
+
+
 def test_records_without_rows_count_for_offsets_and_age_not_rows() -> None:
     b: Batcher[str] = Batcher(max_rows=1, max_age_s=1.0)
     b.add(A0, 7, None, now=0.0)  # e.g. sent to the dead-letter topic

@@ -67,6 +67,53 @@ def test_a_partial_batch_goes_in_early_once_caught_up_then_waits_its_turn() -> N
     assert rig.consumer.group_offsets == {rig.key(0): 2}
 
 
+def test_with_no_insert_gap_the_next_partial_batch_goes_in_once_the_insert_before_is_done(
+) -> None:
+    rig = Rig(partitions=1, batch_rows=1000, batch_seconds=3600.0, insert_gap_s=0.0)
+    rig.append_cdrs(0, "first")
+    seen: dict[str, int] = {}
+
+    def done() -> bool:
+        if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
+            rig.append_cdrs(0, "second", "third")
+            seen["appended"] = 1
+        return rig.consumer.group_offsets.get(rig.key(0)) == 3
+
+    rig.run_until(done, fake_seconds=60.0)  # well before batch_seconds
+
+    assert [rows for _, rows in rig.inserter.attempts] == [1, 2]
+    assert rig.inserter.call_ids() == ["first", "second", "third"]
+
+
+def test_the_insert_gap_spaces_partial_batches() -> None:
+    rig = Rig(partitions=1, batch_rows=1000, batch_seconds=3600.0, insert_gap_s=30.0)
+    rig.append_cdrs(0, "first")
+    seen: dict[str, int] = {}
+
+    def done() -> bool:
+        if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
+            rig.append_cdrs(0, "second")
+            seen["appended"] = 1
+        return rig.consumer.group_offsets.get(rig.key(0)) == 2
+
+    rig.run_until(done, fake_seconds=600.0)
+
+    first, second = rig.inserter.attempted_at
+    assert second - first >= 30.0
+
+
+def test_fetches_wait_for_a_batch_of_records_unless_told_otherwise() -> None:
+    rig = Rig(partitions=1, fetch_min_bytes=1000, fetch_max_wait_ms=20)
+    conf = consumer_conf(rig.config)
+    assert conf["fetch.min.bytes"] == 1000 and conf["fetch.wait.max.ms"] == 20
+    extra = Rig(partitions=1, consumer_config={"fetch.wait.max.ms": 5})
+    assert consumer_conf(extra.config)["fetch.wait.max.ms"] == 5  # extra keys win
+    with pytest.raises(SinkError, match="fetch"):
+        Rig(partitions=1, fetch_min_bytes=0)
+    with pytest.raises(SinkError, match="insert gap"):
+        Rig(partitions=1, insert_gap_s=-1.0)
+
+
 def test_undecodable_records_go_to_the_dead_letter_topic_with_the_shared_header_names() -> None:
     rig = Rig(partitions=1)
     rig.consumer.append(rig.topic, 0, cdr_value("good-1"))
