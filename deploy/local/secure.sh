@@ -368,7 +368,7 @@ ch_write_config() {
             <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
             <preferServerCiphers>true</preferServerCiphers>
         </server>
-    </openSSL>" "$MAX_MEMORY" secure.sh >"$conf/config.xml.tmp"
+    </openSSL>" "$MAX_MEMORY" secure.sh "$conf/config.xml.tmp"
     mv "$conf/config.xml.tmp" "$conf/config.xml"
     (umask 077 && users_xml "${dbs[@]}" >"$conf/users.xml.tmp")
     mv "$conf/users.xml.tmp" "$conf/users.xml"
