@@ -89,7 +89,7 @@ def _run_sink(args: argparse.Namespace) -> int:
                               settings.clickhouse.password.reveal())
     try:
         if args.migrate:
-            _migrate(backend, config.database)
+            _migrate(backend, config.database, settings.clickhouse.cluster)
         if sink.metrics_port:
             from prometheus_client import start_http_server
 
@@ -106,8 +106,8 @@ def _run_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(backend: Any, database: str) -> None:
+def _migrate(backend: Any, database: str, cluster: str = "") -> None:
     from pipeline.storage.migrate import migrate
 
-    applied = migrate(backend, database)
+    applied = migrate(backend, database, cluster=cluster or None)
     log.info("migrations applied to %s: %s", database, ", ".join(applied) or "none (up to date)")
