@@ -615,11 +615,13 @@ def test_stopping_flushes_and_commits_what_is_batched(
     newest.update(newest_batched)
     produce_cdrs(kafka_bootstrap, topic, warmup)
     before = end_offsets(kafka_bootstrap, topic, 3)
+    # Nothing is due by rows or age before the stop, and no partial insert may follow the
+    # first within insert_gap_s.
     config = sink_config(kafka_bootstrap, topic, dlq, database, batch_rows=100_000,
-                         batch_seconds=3600)  # nothing is due by rows or age before the stop
+                         batch_seconds=3600, insert_gap_s=3600)
     with SinkThread(SinkService(config, clickhouse_native)) as sink:
         # Caught up, the warm-up rows go in at once; the next partial batch has to wait
-        # batch_seconds for its turn, so it is still batched when the sink stops.
+        # insert_gap_s for its turn, so it is still batched when the sink stops.
         wait_for(lambda: sink.service.stats.rows_inserted == len(warmup), 60, "warm-up stored")
         produce_cdrs(kafka_bootstrap, topic, produced)
         wait_for(lambda: sink.service.pending_rows == len(produced), 60, "all rows batched")
