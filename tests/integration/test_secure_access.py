@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.core.events import CallEvent
 from pipeline.kafka.admin import default_topic_specs, delete_topics, ensure_topics
 from pipeline.kafka.clients import client_config
 from pipeline.storage.errors import StorageError
 from pipeline.switch.publisher import PublishError, SwitchPublisher
+from tests.integration.kafka_fixtures import wait_until
 from tests.integration.secure_fixtures import (  # noqa: F401 - fixtures
     CA_FILE,
     KAFKA_MTLS,
@@ -43,6 +44,8 @@ from tests.ports import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.secure]
 
 CONFIG = REPO_ROOT / "deploy" / "demo" / "demo.toml"
+_NO_LEADER_YET = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
 class Run:
@@ -66,9 +69,24 @@ class Run:
         """Records in `topic` (sum of its partitions' end offsets), read by the admin."""
         consumer = Consumer(client_config(self.stack.kafka("admin"),
                                           **{"group.id": f"{self.prefix}probe"}))
+        offsets: list[int] = []
+
+        def read() -> bool:
+            try:
+                offsets[:] = [consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                             timeout=15)[1]
+                              for p in range(PARTITIONS)]
+            except KafkaException as exc:
+                # A topic made moments ago may not have its leaders in the broker's
+                # metadata yet (seen in CI): ask again; any other error is the answer.
+                if exc.args[0].code() not in _NO_LEADER_YET:
+                    raise
+                return False
+            return True
+
         try:
-            return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1]
-                       for p in range(PARTITIONS))
+            wait_until(read, 30, f"the end offsets of {topic}")
+            return sum(offsets)
         finally:
             consumer.close()
 
