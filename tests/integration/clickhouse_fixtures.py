@@ -29,6 +29,7 @@ import pytest
 
 from pipeline.storage.backend import ClickHouseBackend
 from pipeline.storage.errors import StorageError
+from tests.integration.kafka_fixtures import leased_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLICKHOUSE_SH = REPO_ROOT / "deploy" / "local" / "clickhouse.sh"
@@ -206,37 +207,24 @@ def _cluster_up(cluster: LocalClickHouseCluster) -> bool:
     return all(_reachable(DEFAULT_HOST, cluster.port(n)) for n in cluster.nodes)
 
 
+def _keep_running() -> bool:
+    return os.environ.get("CDR_CLICKHOUSE_KEEP_RUNNING") == "1"
+
+
 @pytest.fixture(scope="session")
 def clickhouse_cluster() -> Iterator[LocalClickHouseCluster]:
+    """The four-server cluster, started unless it answers; stopped after the last test
+    session using it if a test session started it (kafka_fixtures.leased_stack)."""
     cluster = LocalClickHouseCluster()
-    state = REPO_ROOT / ".stack" / "clickhouse-cluster"
-    leases, marker = state / "leases", state / "started-by-tests"
-    leases.mkdir(parents=True, exist_ok=True)
-    lease = leases / str(os.getpid())
-    lease.touch()
-    try:
-        if not _cluster_up(cluster):
-            clickhouse_sh("up", "--cluster")
-            marker.touch()
-        yield cluster
-    finally:
-        cluster.close()
-        lease.unlink(missing_ok=True)
-        others = [f for f in leases.iterdir() if f.name.isdigit() and _alive(int(f.name))]
-        if (marker.exists() and not others
-                and os.environ.get("CDR_CLICKHOUSE_KEEP_RUNNING") != "1"):
-            clickhouse_sh("down", "--cluster", timeout=300)
-            marker.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    with leased_stack(REPO_ROOT / ".stack" / "clickhouse-cluster",
+                      lambda: _cluster_up(cluster),
+                      lambda: clickhouse_sh("up", "--cluster"),
+                      lambda: clickhouse_sh("down", "--cluster", timeout=300),
+                      _keep_running):
+        try:
+            yield cluster
+        finally:
+            cluster.close()
 
 
 @pytest.fixture
