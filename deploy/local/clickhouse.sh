@@ -139,16 +139,7 @@ ${CLUSTER_XML}" "${MAX_MEMORY_BYTES}" clickhouse.sh "${CONF_DIR}/config.xml"
         </default>
     </users>
     <quotas>
-        <default>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>0</execution_time>
-            </interval>
-        </default>
+$(ch_quota_xml default 0)
     </quotas>
 </yandex>
 EOF

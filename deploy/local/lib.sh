@@ -130,3 +130,20 @@ $listen
 </yandex>
 EOF
 }
+
+# One hourly ClickHouse quota NAME for users.xml: only the query time is bounded
+# (EXECUTION_TIME seconds; 0 = no bound). clickhouse.sh and secure.sh.
+ch_quota_xml() {  # NAME EXECUTION_TIME
+    cat <<EOF
+        <$1>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>$2</execution_time>
+            </interval>
+        </$1>
+EOF
+}

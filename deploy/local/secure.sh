@@ -314,22 +314,6 @@ ch_bin() {
 
 sha256_of() { printf '%s' "$(cat "$1")" | sha256sum | cut -d' ' -f1; }
 
-# One hourly quota: only the query time is bounded (seconds; 0 = no bound).
-ch_quota_xml() {
-    cat <<EOF
-        <$1>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>$2</execution_time>
-            </interval>
-        </$1>
-EOF
-}
-
 ch_user_xml() {  # user profile databases...
     local user="$1" profile="$2" db
     shift 2
