@@ -1,10 +1,12 @@
-"""The sink (`cdr-pipeline sink`, a real process) into the 2 x 2 ClickHouse cluster while a
-whole shard is down: it pauses and retries, commits nothing it has not stored, and once the
-shard is back every CDR is stored and every offset committed.
+"""The sink (`cdr-pipeline sink --migrate`, a real process) into the 2 x 2 ClickHouse cluster:
+it makes its tables on the cluster (`[clickhouse] cluster`), and while a whole shard is down
+it pauses and retries, commits nothing it has not stored, and once the shard is back every
+CDR is stored and every offset committed.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.storage.cdr_store import fetch_newest
-from pipeline.storage.migrate import migrate
 from tests.integration.clickhouse_fixtures import CLUSTER_NAME, LocalClickHouseCluster
 from tests.integration.kafka_fixtures import TopicFactory, wait_until
 from tests.integration.test_sink import committed_offsets, end_offsets, make_calls, produce_cdrs
@@ -31,11 +32,19 @@ def sink_log(tmp_path: Path) -> Path:
 
 def _start_sink(bootstrap: str, topic: str, dlq: str, group: str, url: str, log: Path
                 ) -> subprocess.Popen[bytes]:
+    """The sink, making its tables first (`--migrate`) on the cluster the settings name."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "sink", "--bootstrap", bootstrap, "--topic", topic,
          "--dlq-topic", dlq, "--group", group, "--clickhouse", url, "--batch-rows", "200",
-         "--batch-seconds", "0.2"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+         "--batch-seconds", "0.2", "--migrate"],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, "CDR_CLICKHOUSE_CLUSTER": CLUSTER_NAME})
+
+
+def _engines(cluster: LocalClickHouseCluster, db: str, node: int) -> dict[str, str]:
+    rows = cluster.backend(node).execute(
+        "SELECT name, engine FROM system.tables WHERE database = {db:String}", {"db": db})
+    return {str(name): str(engine) for name, engine in rows}
 
 
 @pytest.fixture
@@ -61,7 +70,6 @@ def test_sink_waits_out_a_whole_shard_down_and_loses_nothing(
     stopped_at_end: list[subprocess.Popen[bytes]],
 ) -> None:
     db, cluster = cluster_database, clickhouse_cluster
-    migrate(cluster.backend(1), db, cluster=CLUSTER_NAME)
     topic = unique_topic("ccdrs", partitions=PARTITIONS)
     dlq = unique_topic("ccdrs-dlq", partitions=1)
     group = f"{topic}-sink"
@@ -73,6 +81,12 @@ def test_sink_waits_out_a_whole_shard_down_and_loses_nothing(
 
     sink = _start_sink(kafka_bootstrap, topic, dlq, group, cluster.url(db, 1), sink_log)
     stopped_at_end.append(sink)
+    wait_until(lambda: all("cdr" in _engines(cluster, db, n) for n in cluster.nodes), 120,
+               "the sink's --migrate to make the tables on every server")
+    for node in cluster.nodes:
+        engines = _engines(cluster, db, node)
+        assert engines["cdr"] == "Distributed", (node, engines)
+        assert engines["cdr_local"] == "ReplicatedReplacingMergeTree", (node, engines)
     produce_cdrs(kafka_bootstrap, topic, produced[:half])
     first = {c.call_id: c.version for c in produced[:half]}
     wait_until(lambda: stored() == first, 120, "the first half stored")
