@@ -1,4 +1,5 @@
-"""Benchmark of the call state's size: memory per open call, bytes per changelog write.
+"""Benchmark of the call state's size: memory per open and per closed call, bytes per
+changelog write.
 
     .venv/bin/python bench/state_bench.py [--calls 100000 1000000] [--seed S]
 
@@ -15,6 +16,11 @@ alive (its strings included) is counted, and nothing else is. Two representation
           deadline heap);
   new     pipeline.core's Correlator: CallState with packed events (packed.py), and
           the bucketed deadline index (deadlines.py).
+
+A closed call is remembered for closed_retention_s (a day by default: duplicates and late
+events of it are recognised, corrections re-rate it), so a worker's memory is mostly its
+closed calls: `closed` is the RSS growth per call remembered after its CDR went out, of
+whole calls (SETUP, RINGING, ANSWER on 65%, HANGUP) through the Correlator.
 
 Changelog bytes are measured on whole calls (SETUP, RINGING, ANSWER, HANGUP, and
 unanswered ones), one write per state change as the worker writes: `today` is
@@ -78,6 +84,40 @@ def open_calls(rng: random.Random, count: int, customer: list[str]) -> Iterator[
         }
 
 
+def closed_calls(rng: random.Random, count: int, customer: list[str]
+                 ) -> Iterator[dict[str, Any]]:
+    """The event dicts of `count` whole calls, one call at a time, each closed by its
+    HANGUP (answered ones COMPLETE at once; unanswered ones too: no ANSWER is due)."""
+    for n in range(count):
+        sw = n % core_bench.SWITCHES
+        call_id = f"sw{sw}-{n:09d}-{rng.getrandbits(32):08x}"
+        t = core_bench.T0 + n * 2
+        common = {"call_id": call_id, "switch_id": f"sw{sw}"}
+        callee = core_bench.e164(rng, customer)
+        yield {
+            **common, "event_id": f"{call_id}-0", "event_type": "SETUP", "ts_ms": t,
+            "account_id": f"acct-{rng.randrange(20)}",
+            "caller": core_bench.e164(rng, customer), "callee": callee,
+            "caller_ip": f"10.{sw}.{rng.randrange(256)}.{rng.randrange(256)}",
+        }
+        ring = t + rng.randint(800, 6_000)
+        yield {**common, "event_id": f"{call_id}-1", "event_type": "RINGING", "ts_ms": ring}
+        answered = rng.random() < 0.65
+        end = ring + rng.randint(3_000, 30_000)
+        if answered:
+            gateway, route = rng.choice(core_bench.EGRESS)
+            yield {
+                **common, "event_id": f"{call_id}-2", "event_type": "ANSWER",
+                "ts_ms": ring + 2_000, "egress_gateway": gateway,
+                "callee_gateway": (route or "") + callee,
+            }
+        yield {
+            **common, "event_id": f"{call_id}-3", "event_type": "HANGUP", "ts_ms": end,
+            "answered": answered, "hangup_source": "CALLER",
+            "sip_code": 200 if answered else 487, "q850_cause": 16 if answered else 17,
+        }
+
+
 @dataclass(slots=True)
 class TodayState:
     """The CallState before issue 17, field for field (pipeline/core/state.py then)."""
@@ -117,7 +157,8 @@ class TodayStore:
 
 
 def measure_memory(kind: str, calls: int, seed: int) -> float:
-    """Bytes of RSS per open call (run in a fresh process: see main)."""
+    """Bytes of RSS per open call, or per closed call remembered (kind `closed`); run in
+    a fresh process (see main)."""
     rng = random.Random(seed)  # noqa: S311 - benchmark data
     with tempfile.TemporaryDirectory(prefix="state-bench-") as tmpdir:
         config, customer, _ = core_bench.build(Path(tmpdir), rng)
@@ -125,7 +166,7 @@ def measure_memory(kind: str, calls: int, seed: int) -> float:
     gc.freeze()
     gc.disable()  # the worker's tuned GC collects rarely; nothing here is cyclic garbage
     holder: Any = TodayStore(config) if kind == "today" else Correlator(config)
-    events = open_calls(rng, calls, customer)
+    events = (closed_calls if kind == "closed" else open_calls)(rng, calls, customer)
     first = parse_event(next(events))  # allocate what every call shares before measuring
     holder.on_event(first)
     before = rss_bytes()
@@ -194,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(float(out.stdout.strip()))
         print(f"{calls:12,}   {figures[0]:8,.0f} B   {figures[1]:8,.0f} B"
               f"   goal: new <= 500 B -- {'met' if figures[1] <= 500 else 'NOT met'}")
+
+    print("memory per closed call remembered (closed_retention_s; whole calls, new):")
+    for calls in args.calls:
+        out = subprocess.run(
+            [sys.executable, __file__, "--seed", str(args.seed), "--measure", "closed",
+             str(calls)],
+            check=True, capture_output=True, text=True,
+        )
+        print(f"{calls:12,}   {float(out.stdout.strip()):8,.0f} B")
 
     writes = measure_changelog(20_000, args.seed)
     print(f"changelog value per write ({writes['writes']:,} writes of 20,000 whole calls):")
