@@ -20,7 +20,8 @@ alive (its strings included) is counted, and nothing else is. Two representation
 A closed call is remembered for closed_retention_s (a day by default: duplicates and late
 events of it are recognised, corrections re-rate it), so a worker's memory is mostly its
 closed calls: `closed` is the RSS growth per call remembered after its CDR went out, of
-whole calls (SETUP, RINGING, ANSWER on 65%, HANGUP) through the Correlator.
+whole calls (SETUP, RINGING, ANSWER on 65%, HANGUP) through the Correlator; `worker` adds
+what a worker holds beside it, each call's changelog value in the table's store.
 
 Changelog bytes are measured on whole calls (SETUP, RINGING, ANSWER, HANGUP, and
 unanswered ones), one write per state change as the worker writes: `today` is
@@ -54,6 +55,7 @@ from pipeline.core.config import BillingConfig  # noqa: E402
 from pipeline.core.correlator import Correlator  # noqa: E402
 from pipeline.core.events import CallEvent, parse_event  # noqa: E402
 from pipeline.core.state_codec import decode_state, encode_state  # noqa: E402
+from pipeline.worker.call_store import CallStore  # noqa: E402
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -165,6 +167,8 @@ def measure_memory(kind: str, calls: int, seed: int) -> float:
     gc.collect()
     gc.freeze()
     gc.disable()  # the worker's tuned GC collects rarely; nothing here is cyclic garbage
+    if kind == "worker":
+        return _worker_memory(config, closed_calls(rng, calls, customer), calls)
     holder: Any = TodayStore(config) if kind == "today" else Correlator(config)
     events = (closed_calls if kind == "closed" else open_calls)(rng, calls, customer)
     first = parse_event(next(events))  # allocate what every call shares before measuring
@@ -174,6 +178,32 @@ def measure_memory(kind: str, calls: int, seed: int) -> float:
         holder.on_event(parse_event(raw))
     grown = rss_bytes() - before
     return grown / (calls - 1)
+
+
+def _worker_memory(config: BillingConfig, events: Iterator[dict[str, Any]], calls: int
+                   ) -> float:
+    """Bytes of RSS per closed call as a worker holds it: the Correlator's store (the
+    worker's CallStore) and the table's values (Faust's memory store is a dict of them,
+    written from the store's drain after each batch, as table_store.TableWriter does)."""
+    store = CallStore(0)
+    correlator = Correlator(config, store)
+    table: dict[str, bytes | None] = {}
+    batch: list[dict[str, Any]] = []
+
+    def run(batch: list[dict[str, Any]]) -> None:
+        for raw in batch:
+            correlator.on_event(parse_event(raw))
+        table.update((write.call_id, write.value) for write in store.drain())
+
+    run([next(events)])  # allocate what every call shares before measuring
+    before = rss_bytes()
+    for raw in events:
+        batch.append(raw)
+        if len(batch) == 500:
+            run(batch)
+            batch = []
+    run(batch)
+    return (rss_bytes() - before) / (calls - 1)
 
 
 def measure_changelog(calls: int, seed: int) -> dict[str, float]:
@@ -236,14 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{calls:12,}   {figures[0]:8,.0f} B   {figures[1]:8,.0f} B"
               f"   goal: new <= 500 B -- {'met' if figures[1] <= 500 else 'NOT met'}")
 
-    print("memory per closed call remembered (closed_retention_s; whole calls, new):")
+    print("memory per closed call remembered (closed_retention_s; whole calls):")
+    print("   calls        core's store   a worker (its store + the table's values)")
     for calls in args.calls:
-        out = subprocess.run(
-            [sys.executable, __file__, "--seed", str(args.seed), "--measure", "closed",
-             str(calls)],
-            check=True, capture_output=True, text=True,
-        )
-        print(f"{calls:12,}   {float(out.stdout.strip()):8,.0f} B")
+        figures = []
+        for kind in ("closed", "worker"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--seed", str(args.seed), "--measure", kind,
+                 str(calls)],
+                check=True, capture_output=True, text=True,
+            )
+            figures.append(float(out.stdout.strip()))
+        print(f"{calls:12,}   {figures[0]:8,.0f} B   {figures[1]:8,.0f} B")
 
     writes = measure_changelog(20_000, args.seed)
     print(f"changelog value per write ({writes['writes']:,} writes of 20,000 whole calls):")
