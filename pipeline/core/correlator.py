@@ -5,6 +5,13 @@ Feed events one at a time with `on_event`; advance event time with `advance`
 out or are corrected. State lives in any MutableMapping (a dict offline, a Faust
 table in the worker); the deadline index is derived from it and rebuilt on demand.
 
+Closed calls may be kept frozen (`freeze`): a closed call is remembered for
+closed_retention_s, and most of a worker's memory is those calls; frozen, each is
+the bytes of its state (state_codec.py) rather than its objects, about a third of
+the memory, and is thawed only when an event of it comes again. Its deadline is read
+from the bytes' head (state_codec.peek), so retention costs no thawing. A store then
+holds CallStates (open calls, or closed ones when not freezing) and bytes.
+
 Versions: a CDR's version is the number of distinct events of its call folded in
 when it was emitted, times VERSION_STRIDE (room for re-ratings in between). Any new
 distinct event for a call already emitted re-emits it, so the newest version of a
@@ -14,7 +21,7 @@ call is the same whatever the arrival order or the moment timeouts fired
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, cast
 
 from pipeline.core.cdr import VERSION_STRIDE, RatedCdr, call_start_ms
@@ -24,6 +31,7 @@ from pipeline.core.events import CallEvent
 from pipeline.core.packed import ANSWER, HANGUP, RINGING, SETUP, event_ts, fields
 from pipeline.core.rating import Rater, rate_fields
 from pipeline.core.state import CallState
+from pipeline.core.state_codec import decode_state, peek
 from pipeline.errors import InvalidEvent
 
 
@@ -35,16 +43,26 @@ class LateEvent(InvalidEvent):
         return "late"
 
 
+# A call's store: call_id -> CallState, or the bytes of a frozen closed call (freeze).
+Store = MutableMapping[str, Any]
+
+
 class Correlator:
+    """`freeze`: keep closed calls in the store as freeze(state), bytes that
+    state_codec.decode_state reads back (state_codec.encode_state, or the worker's
+    table entry); None keeps them as CallStates."""
+
     def __init__(
         self,
         config: BillingConfig,
-        store: MutableMapping[str, CallState] | None = None,
+        store: Store | None = None,
         watermark_ms: int = 0,
+        freeze: Callable[[CallState], bytes] | None = None,
     ) -> None:
         self.config = config
-        self.store: MutableMapping[str, CallState] = store if store is not None else {}
+        self.store: Store = store if store is not None else {}
         self.watermark_ms = watermark_ms
+        self._freeze = freeze
         policy = config.policy
         self._rater = Rater(config)
         self._grace_ms = policy.reorder_grace_s * 1000
@@ -65,29 +83,68 @@ class Correlator:
             return event_ts(hangup) + self._grace_ms
         return state.last_ts_ms + self._stale_ms
 
+    def _due_frozen(self, frozen: bytes) -> int:
+        """`_due` of a frozen call (closed), read from its bytes' head."""
+        head = peek(frozen)
+        if head is None or head[2] is None:  # JSON (no head to read), or not closed
+            return self._due(decode_state(frozen))
+        return max(head[2], head[1]) + self._retention_ms
+
+    def _due_of(self, value: Any) -> int:
+        if type(value) is bytes:
+            return self._due_frozen(value)
+        state: CallState = value
+        return self._due(state)
+
     def _get(self, call_id: str) -> CallState | None:
-        """store.get, without a method call when the store is a plain dict (offline)."""
+        """store.get, without a method call when the store is a plain dict (offline);
+        a frozen call thawed."""
         store = self.store
         if type(store) is dict:
-            return cast(dict[str, CallState], store).get(call_id)
-        return store.get(call_id)
+            value = cast(dict[str, Any], store).get(call_id)
+        else:
+            value = store.get(call_id)
+        if type(value) is bytes:
+            return decode_state(value)
+        state: CallState | None = value
+        return state
 
     def _put(self, call_id: str, state: CallState) -> None:
+        value: Any = state
+        if self._freeze is not None and state.closed:
+            value = self._freeze(state)
         store = self.store
         if type(store) is dict:
-            cast(dict[str, CallState], store)[call_id] = state
+            cast(dict[str, Any], store)[call_id] = value
         else:
-            store[call_id] = state
+            store[call_id] = value
 
     def _deadline_of(self, call_id: str) -> int | None:
-        state = self.store.get(call_id)
-        return None if state is None else self._due(state)
+        value = self.store.get(call_id)
+        return None if value is None else self._due_of(value)
 
     def rebuild_index(self) -> None:
         """Recompute the deadline index from the store (after a restore or rebalance)."""
         self._deadlines = Deadlines(self.watermark_ms)
-        for call_id, state in self.store.items():
-            self._deadlines.push(self._due(state), call_id)
+        for call_id, value in self.store.items():
+            self._deadlines.push(self._due_of(value), call_id)
+
+    def state(self, call_id: str) -> CallState | None:
+        """The call's state (thawed if it is frozen), None if the call is not held."""
+        return self._get(call_id)
+
+    def newest_ts_ms(self) -> int:
+        """The newest event time of the calls held (0 for none): a restored watermark."""
+        newest = 0
+        for value in self.store.values():
+            if type(value) is bytes:
+                head = peek(value)
+                last = decode_state(value).last_ts_ms if head is None else head[1]
+            else:
+                last = cast(CallState, value).last_ts_ms
+            if last > newest:
+                newest = last
+        return newest
 
     # -- emission ----------------------------------------------------------------
 
@@ -100,7 +157,11 @@ class Correlator:
 
     def call_start_ms(self, call_id: str) -> int | None:
         """The call's pinned start (CallState.call_start_ms), None if it has none (yet)."""
-        state = self.store.get(call_id)
+        value = self.store.get(call_id)
+        if type(value) is bytes:
+            head = peek(value)
+            return decode_state(value).call_start_ms if head is None else head[4]
+        state: CallState | None = value
         return None if state is None else state.call_start_ms
 
     def _rate(self, state: CallState, status: str) -> RatedCdr:
@@ -120,7 +181,13 @@ class Correlator:
         delivered. Re-sending them is harmless (same call_id, version and content)."""
         out = []
         for call_id in sorted(self.store):
-            state = self.store[call_id]
+            value = self.store[call_id]
+            if type(value) is bytes:
+                head = peek(value)
+                if head is not None and (head[3] is None or head[3] < position):
+                    continue  # emitted before `position`: no need to thaw it
+                value = decode_state(value)
+            state: CallState = value
             if state.closed and state.emitted_at is not None and state.emitted_at >= position:
                 out.append(self._rate(state, state.status() or "HANGUP_MISSING"))
         return out
@@ -196,14 +263,17 @@ class Correlator:
         deadlines.open(watermark_ms, self._deadline_of)
         while (entry := deadlines.pop(watermark_ms)) is not None:
             at, call_id = entry
-            state = self.store.get(call_id)
-            if state is None:
+            value = self.store.get(call_id)
+            if value is None:
                 continue  # forgotten
-            due = self._due(state)
+            due = self._due_of(value)
             if due > at:
                 deadlines.push(due, call_id)  # the call moved on: judged at its new deadline
             elif due == at:
-                cdr = self._expire(state, at)
+                if type(value) is bytes:  # frozen: closed, and its retention is over
+                    del self.store[call_id]
+                    continue
+                cdr = self._expire(value, at)
                 if cdr is not None:
                     out.append(cdr)
             # due < at: the call's deadline moved earlier and has an entry of its own
@@ -213,7 +283,7 @@ class Correlator:
             del self.store[state.call_id]
             return None
         cdr = self._emit(state, state.status() or "HANGUP_MISSING", at)
-        self.store[state.call_id] = state
+        self._put(state.call_id, state)
         self._deadlines.push(self._due(state), state.call_id)
         return cdr
 
@@ -221,13 +291,17 @@ class Correlator:
         """End of a finite input: every grace wait is over; calls not yet stale stay open."""
         out = self.advance(self.watermark_ms)  # deadlines already due (e.g. after a restore)
         for call_id in sorted(self.store):
-            state = self.store[call_id]
+            value = self.store[call_id]
+            if type(value) is bytes:
+                continue  # frozen: closed
+            state: CallState = value
             status = state.status()
             hangup = state.slot(HANGUP)
             if not state.closed and status is not None and hangup is not None:
                 out.append(self._emit(state, status, event_ts(hangup) + self._grace_ms))
-                self.store[call_id] = state
+                self._put(call_id, state)
         return out
 
     def open_calls(self) -> Iterator[CallState]:
-        return (s for s in self.store.values() if not s.closed)
+        """The calls not closed yet (a frozen call is closed: never thawed here)."""
+        return (s for s in self.store.values() if type(s) is not bytes and not s.closed)

@@ -67,6 +67,37 @@ def encode_entry(partition: int, state: CallState) -> bytes:
     return json.dumps({"p": partition, "s": state.to_dict()}, separators=(",", ":")).encode()
 
 
+# What `peek` reads of a value without decoding its events: (call_id, last_ts_ms,
+# closed_at_ms, emitted_at, call_start_ms).
+Header = tuple[str, int, int | None, int | None, int | None]
+_RS_BYTE: Final = b"\x1e"
+
+
+def peek(data: bytes) -> Header | None:
+    """A compact value's (0x01 or 0x02) call id and times, read from its head without
+    decoding its events: what deciding whether a closed call is due needs. None for a
+    JSON value (decode it). Raises StateCodecError for one that is not a state."""
+    if not data:
+        raise StateCodecError("empty call state value")
+    marker = data[0]
+    if marker == FORMAT_STATE:
+        parts = data[1:].split(_RS_BYTE, 6)
+    elif marker == FORMAT_ENTRY:
+        parts = data[1:].split(_RS_BYTE, 7)[1:]
+    elif marker == 0x7B:  # "{": JSON
+        return None
+    else:
+        raise StateCodecError(f"call state value has unknown format marker {marker:#04x}")
+    try:
+        last = int(parts[1])
+        closed, emitted, start = parts[3], parts[4], parts[5]
+        return (parts[0].decode(), last, last + int(closed) if closed else None,
+                int(emitted) if emitted else None, last + int(start) if start else None)
+    except (ValueError, IndexError) as exc:
+        raise StateCodecError(
+            f"call state value (format {marker:#04x}) is corrupt: {exc!r}") from None
+
+
 def decode_state(data: bytes) -> CallState:
     """The CallState of a value written by encode_state or encode_entry, or of a JSON
     value written before them. Raises StateCodecError naming what is wrong."""
