@@ -20,8 +20,10 @@ alive (its strings included) is counted, and nothing else is. Two representation
 A closed call is remembered for closed_retention_s (a day by default: duplicates and late
 events of it are recognised, corrections re-rate it), so a worker's memory is mostly its
 closed calls: `closed` is the RSS growth per call remembered after its CDR went out, of
-whole calls (SETUP, RINGING, ANSWER on 65%, HANGUP) through the Correlator; `worker` adds
-what a worker holds beside it, each call's changelog value in the table's store.
+whole calls (SETUP, RINGING, ANSWER on 65%, HANGUP) through the Correlator, held as
+CallStates (`closed`) and frozen (`frozen`: the bytes of each state, as rate-file and
+rerate hold them); `worker` is what a worker holds: its CallStore, the closed calls frozen
+as their table entries, and the table's values, the same bytes objects.
 
 Changelog bytes are measured on whole calls (SETUP, RINGING, ANSWER, HANGUP, and
 unanswered ones), one write per state change as the worker writes: `today` is
@@ -169,8 +171,12 @@ def measure_memory(kind: str, calls: int, seed: int) -> float:
     gc.disable()  # the worker's tuned GC collects rarely; nothing here is cyclic garbage
     if kind == "worker":
         return _worker_memory(config, closed_calls(rng, calls, customer), calls)
-    holder: Any = TodayStore(config) if kind == "today" else Correlator(config)
-    events = (closed_calls if kind == "closed" else open_calls)(rng, calls, customer)
+    if kind == "today":
+        holder: Any = TodayStore(config)
+    else:
+        holder = Correlator(config, freeze=encode_state if kind == "frozen" else None)
+    events = (closed_calls if kind in ("closed", "frozen") else open_calls)(
+        rng, calls, customer)
     first = parse_event(next(events))  # allocate what every call shares before measuring
     holder.on_event(first)
     before = rss_bytes()
@@ -267,17 +273,17 @@ def main(argv: list[str] | None = None) -> int:
               f"   goal: new <= 500 B -- {'met' if figures[1] <= 500 else 'NOT met'}")
 
     print("memory per closed call remembered (closed_retention_s; whole calls):")
-    print("   calls        core's store   a worker (its store + the table's values)")
+    print("   calls        CallStates     frozen   a worker (its store + the table's values)")
     for calls in args.calls:
         figures = []
-        for kind in ("closed", "worker"):
+        for kind in ("closed", "frozen", "worker"):
             out = subprocess.run(
                 [sys.executable, __file__, "--seed", str(args.seed), "--measure", kind,
                  str(calls)],
                 check=True, capture_output=True, text=True,
             )
             figures.append(float(out.stdout.strip()))
-        print(f"{calls:12,}   {figures[0]:8,.0f} B   {figures[1]:8,.0f} B")
+        print(f"{calls:12,}   {figures[0]:8,.0f} B   {figures[1]:6,.0f} B   {figures[2]:8,.0f} B")
 
     writes = measure_changelog(20_000, args.seed)
     print(f"changelog value per write ({writes['writes']:,} writes of 20,000 whole calls):")

@@ -14,6 +14,7 @@ from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import CallEvent, parse_event
+from pipeline.core.state_codec import encode_state
 from pipeline.core.summary import Totals, newest_versions, totals
 from pipeline.errors import InvalidEvent
 
@@ -100,7 +101,7 @@ def rate_lines(
     `on_reject(Reject)` is called for each line that cannot be used. Pass a
     `correlator` to inspect it afterwards (open calls).
     """
-    correlator = correlator if correlator is not None else Correlator(config)
+    correlator = correlator if correlator is not None else Correlator(config, freeze=encode_state)
     for number, text in numbered_lines(lines):
         try:
             item = parse_line(text)
@@ -137,7 +138,8 @@ def rate_file(
                 result.events_read += 1
             yield line
 
-    correlator = Correlator(config)
+    # closed calls frozen: a day's calls in memory at a third of the size (correlator.py)
+    correlator = Correlator(config, freeze=encode_state)
     for cdr in rate_lines(counted(events), config, reject, correlator):
         out.write(json.dumps(cdr.to_json_dict(), sort_keys=True) + "\n")
         emitted.append(cdr)
