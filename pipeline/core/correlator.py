@@ -47,6 +47,21 @@ class LateEvent(InvalidEvent):
 Store = MutableMapping[str, Any]
 
 
+def newest_ts_ms(store: Store) -> int:
+    """The newest event time of a store's calls, frozen ones included (0 for none): the
+    watermark of a Correlator restored from it."""
+    newest = 0
+    for value in store.values():
+        if type(value) is bytes:
+            head = peek(value)
+            last = decode_state(value).last_ts_ms if head is None else head[1]
+        else:
+            last = cast(CallState, value).last_ts_ms
+        if last > newest:
+            newest = last
+    return newest
+
+
 class Correlator:
     """`freeze`: keep closed calls in the store as freeze(state), bytes that
     state_codec.decode_state reads back (state_codec.encode_state, or the worker's
@@ -133,18 +148,6 @@ class Correlator:
         """The call's state (thawed if it is frozen), None if the call is not held."""
         return self._get(call_id)
 
-    def newest_ts_ms(self) -> int:
-        """The newest event time of the calls held (0 for none): a restored watermark."""
-        newest = 0
-        for value in self.store.values():
-            if type(value) is bytes:
-                head = peek(value)
-                last = decode_state(value).last_ts_ms if head is None else head[1]
-            else:
-                last = cast(CallState, value).last_ts_ms
-            if last > newest:
-                newest = last
-        return newest
 
     # -- emission ----------------------------------------------------------------
 
