@@ -26,6 +26,9 @@ Prints, in one run:
      the pipeline itself is the rest. --stop-worker-at S stops the first worker S
      seconds into the traffic (a rolling restart) and reports the calls after it.
      --latency-only runs just this part, --throughput-only the first two.
+--throughput-runs N repeats part 1 N times (fresh topics each time, every worker in each
+run, the first one rotating; part 2 in the first run only) and prints each worker's
+events per CPU-second over the runs and this worker's against each other run by run.
 --baseline-tree DIR also measures the worker of another source tree (a checkout of the
 code before a change, with its own .venv if it has one: see python_of) in the same run,
 and each --variant-env this tree's worker with those settings (CDR_WORKER_*), in both
