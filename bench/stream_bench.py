@@ -3,7 +3,8 @@
     .venv/bin/python bench/stream_bench.py [--calls 20000] [--rate 5000] [--latency-s 30]
         [--latency-only | --throughput-only] [--latency-workers 1]
         [--sink-batch-seconds 0.5] [--repeat 1] [--publisher-linger-ms MS]
-        [--stop-worker-at S] [--baseline-tree DIR] [--variant-env K=V[,K=V]]...
+        [--stop-worker-at S] [--throughput-runs N] [--baseline-tree DIR]
+        [--variant-env K=V[,K=V]]...
 
 Prints, in one run:
   1. the correlator on a prefilled topic: events/s through one worker, beside the bare
@@ -748,8 +749,11 @@ def changelog_stats(topic: str) -> tuple[int, int, int, int]:
 
 
 def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[Variant],
-               backend: Any, dbs: list[str]) -> list[str]:
-    """The correlators and the sinks on a prefilled topic; returns the topics it made."""
+               backend: Any, dbs: list[str], sink: bool = True,
+               figures: dict[str, list[float]] | None = None) -> list[str]:
+    """The correlators (in the order of `runs`) and, with `sink`, the sinks on a
+    prefilled topic; returns the topics it made. Each worker's events per CPU-second,
+    and the bare chain's (label "bare chain"), are added to `figures` by label."""
     config = load_config(CONFIG)
     items = list(generate(config, calls=args.calls, switches=8, rate_cps=200, seed=5,
                           start_ms=1_764_000_000_000, faults=FaultMix()))
@@ -760,6 +764,8 @@ def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[
     total = _end_offsets(f"{prefix}call-events")
     print(f"input: {args.calls} calls, {total} records (events + ticks) on {PARTITIONS} partitions")
     bare = bare_correlator(f"{prefix}call-events", made[0], total)
+    if figures is not None:
+        figures.setdefault("bare chain", []).append(bare.per_cpu_s)
     print("correlator (one process; CPU: /proc, the process's every thread):")
     print(f"  bare chain (consume+decode+core+encode+produce) {bare.rate:>10,.0f} events/s"
           f" {bare.per_cpu_s:>10,.0f} events per CPU-second")
@@ -777,6 +783,8 @@ def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[
         app = f"corr{n}"
         made += worker_topics(f"{vprefix}{app}")
         run = faust_correlator(vprefix, total, bare.cdrs, workdir, app, variant.tree, variant.env)
+        if figures is not None:
+            figures.setdefault(variant.label, []).append(run.per_cpu_s)
         writes, tombs, size, largest = changelog_stats(f"{vprefix}{app}-calls-changelog")
         threads = ", ".join(f"{name} {sec / run.cpu_s:.0%}" for name, sec in
                             list(run.threads.items())[:4])
@@ -788,6 +796,8 @@ def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[
               f" cores; threads: {threads}); changelog {writes} writes"
               f" ({writes / total:.2f} a record, {tombs} tombstones),"
               f" {size / max(1, writes - tombs):,.0f} bytes a value, largest {largest:,}")
+    if not sink:
+        return made
     bare_sink_rate = bare_sink(f"{prefix}cdrs", bare.cdrs, backend, dbs[0])
     sink_rate = service_sink(prefix, f"{prefix}cdrs", dbs[1], workdir)
     print(f"sink ({bare.cdrs} CDR versions):")
@@ -795,6 +805,22 @@ def throughput(args: argparse.Namespace, prefix: str, workdir: Path, runs: list[
     print(f"  cdr-pipeline sink                               {sink_rate:>10,.0f} rows/s"
           f"   = {sink_rate / bare_sink_rate:.2f} x bare (goal >= 0.70)")
     return made
+
+
+def report_runs(figures: dict[str, list[float]]) -> None:
+    """Events per CPU-second of each correlator over the throughput runs, and each
+    worker's against the first one's (this tree's) run by run."""
+    print("events per CPU-second over the runs (min / median / max; each run's figures):")
+    for label, values in figures.items():
+        ordered = sorted(values)
+        print(f"  {label:<48} {ordered[0]:>9,.0f} / {statistics.median(values):>9,.0f} / "
+              f"{ordered[-1]:>9,.0f}   ({', '.join(f'{v:,.0f}' for v in values)})")
+    mine = figures.get("worker", [])
+    for label, values in figures.items():
+        if label not in ("worker", "bare chain") and len(values) == len(mine):
+            ratios = [m / v for m, v in zip(mine, values, strict=True)]
+            print(f"  worker / {label}, run by run: {', '.join(f'{r:.2f}' for r in ratios)}"
+                  f" (median {statistics.median(ratios):.2f})")
 
 
 def report_latency(args: argparse.Namespace, variant: Variant, lat: LatencyRun,
@@ -857,6 +883,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1,
                     help="latency runs, each with fresh topics, processes and database; "
                          "p99 moves from run to run")
+    ap.add_argument("--throughput-runs", type=int, default=1, metavar="N",
+                    help="throughput runs, each with a fresh topic and every worker (their "
+                         "order rotated from run to run; the sinks in the first only), then "
+                         "each one's events per CPU-second over the runs (min, median, max)")
     ap.add_argument("--baseline-tree", type=Path,
                     help="also measure the worker of this source tree (e.g. `git archive HEAD`"
                          " unpacked), in the same run: the before of a change")
@@ -884,7 +914,22 @@ def main() -> None:
         migrate(backend, db)
     try:
         if not args.latency_only:
-            leftovers += throughput(args, prefix, workdir, runs, backend, dbs)
+            figures: dict[str, list[float]] = {}
+            for i in range(args.throughput_runs):
+                # Each worker first in turn: no order gets the quieter or busier moments.
+                order = runs[i % len(runs):] + runs[:i % len(runs)]
+                if args.throughput_runs > 1:
+                    print(f"throughput run {i + 1} of {args.throughput_runs} "
+                          f"(load average {os.getloadavg()[0]:.1f})")
+                run_prefix = prefix if i == 0 else f"{prefix}t{i}-"
+                if i:
+                    run_specs = default_topic_specs(run_prefix, PARTITIONS, 1)
+                    ensure_topics(BOOTSTRAP, run_specs)
+                    leftovers += [s.name for s in run_specs]
+                leftovers += throughput(args, run_prefix, workdir, order, backend, dbs,
+                                        sink=i == 0, figures=figures)
+            if args.throughput_runs > 1:
+                report_runs(figures)
         p99s: dict[int, list[float]] = {}
         publisher = None if args.publisher_linger_ms is None else {
             **PRODUCER_DEFAULTS, "linger.ms": args.publisher_linger_ms}

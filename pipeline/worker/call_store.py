@@ -49,12 +49,14 @@ class CallStore(dict[str, CallState]):
             if state is not None:
                 put(state.call_id, state)
 
+    # Called for every event the Correlator folds: dict's own methods, not super()
+    # (which builds a proxy object per call on Python 3.11).
     def __setitem__(self, call_id: str, state: CallState) -> None:
-        super().__setitem__(call_id, state)
+        _dict_set(self, call_id, state)
         self._changed[call_id] = state
 
     def __delitem__(self, call_id: str) -> None:
-        super().__delitem__(call_id)
+        _dict_del(self, call_id)
         self._changed[call_id] = None
 
     def _unrecorded(self, *_: Any, **__: Any) -> Any:
@@ -77,9 +79,11 @@ class CallStore(dict[str, CallState]):
         writes = []
         for call_id, state in self._changed.items():
             value = None if state is None else encode(partition, state)
-            writes.append(TableWrite(call_id, value, (key(call_id), value, NO_HEADERS)))
+            # TableWrite(call_id, value, record), without its __new__ (a Python call)
+            writes.append(_new(TableWrite, (call_id, value, (key(call_id), value, NO_HEADERS))))
         self._changed.clear()
         return writes
 
 
 NO_HEADERS: list[tuple[str, bytes]] = []  # a changelog record's: shared, never appended to
+_dict_set, _dict_del, _new = dict.__setitem__, dict.__delitem__, tuple.__new__

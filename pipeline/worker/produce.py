@@ -26,6 +26,8 @@ from typing import Any
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
+from pipeline.worker.faust_compat import append_records
+
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]  # a list: aiokafka's compiled batch builder takes no other
@@ -78,19 +80,16 @@ class BatchSender:
         aio = self._producer()
         new_batch = aio.create_batch if compression is None else partial(
             BatchBuilder, MAX_BATCH_BYTES, CODECS[compression], is_transactional=False)
-        batch = new_batch()
-        count = 0
-        for key, value, headers in records:
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                await self._submit(aio, batch, topic, partition)
-                batch = new_batch()
-                count = 0
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ValueError(f"{topic}[{partition}]: a record of {len(value or b'')} bytes "
-                                     "is larger than the producer's batch size")
-            count += 1
+        batch, first, total = new_batch(), 0, len(records)
+        while (taken := append_records(batch, records, first)) < total:
+            if taken == first:  # not even one record fits an empty batch
+                raise ValueError(f"{topic}[{partition}]: a record of "
+                                 f"{len(records[taken][1] or b'')} bytes is larger than the "
+                                 "producer's batch size")
+            await self._submit(aio, batch, topic, partition)
+            batch, first = new_batch(), taken
         sent = await self._submit(aio, batch, topic, partition)
-        return sent, count
+        return sent, total - first
 
     async def _submit(self, aio: Any, batch: Any, topic: str,
                       partition: int) -> asyncio.Future[Any]:

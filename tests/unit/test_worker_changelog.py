@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from faust.serializers import codecs
 
 from pipeline.core.config import load_config
@@ -191,4 +193,10 @@ def test_the_changelog_format_is_checked_at_load_naming_the_key(tmp_path: Path) 
 def test_a_key_is_the_json_module_s_bytes(call_id: str) -> None:
     """The changelog is compacted by key bytes: one byte form across versions, the one
     the json module writes (today's workers' keys)."""
+    assert changelog.encode_key(call_id) == json.dumps(call_id, separators=(",", ":")).encode()
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)) | st.text())
+def test_any_key_is_the_json_module_s_bytes(call_id: str) -> None:
+    """Every ASCII character, escaped or not, and any other text: the json module's."""
     assert changelog.encode_key(call_id) == json.dumps(call_id, separators=(",", ":")).encode()

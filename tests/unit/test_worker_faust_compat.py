@@ -9,6 +9,8 @@ import tomllib
 
 import faust
 import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 from faust.exceptions import NotReady
 
 from pipeline.worker import faust_compat
@@ -102,3 +104,49 @@ def test_faust_s_producer_has_no_aiokafka_producer_before_it_starts() -> None:
     app = faust.App("unit-producer", broker="kafka://127.0.0.1:1", store="memory://")
     with pytest.raises(NotReady):
         faust_compat.aiokafka_producer(app.producer)
+
+
+def _records(count: int, size: int) -> list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    return [(f"call-{n}".encode(), bytes([n % 251]) * size,
+             [("cdr-call-start-ms", str(n).encode())] if n % 2 else [])
+            for n in range(count)]
+
+
+@pytest.mark.parametrize("codec", [DefaultRecordBatch.CODEC_NONE, DefaultRecordBatch.CODEC_SNAPPY])
+def test_append_records_builds_what_append_builds(codec: int) -> None:
+    """The same records, batch by batch, through BatchBuilder.append and through
+    append_records: the same split into batches and byte-identical batches."""
+    records = _records(300, 700)  # about 210 KB: several 64 KiB batches
+
+    def by_append() -> list[tuple[int, bytes]]:
+        out, batch = [], BatchBuilder(64 * 1024, codec, is_transactional=False)
+        for key, value, headers in records:
+            if batch.append(key=key, value=value, timestamp=0, headers=headers) is None:
+                out.append((batch.record_count(), bytes(batch._build())))
+                batch = BatchBuilder(64 * 1024, codec, is_transactional=False)
+                assert batch.append(key=key, value=value, timestamp=0, headers=headers)
+        return [*out, (batch.record_count(), bytes(batch._build()))]
+
+    def by_append_records() -> list[tuple[int, bytes]]:
+        out, first = [], 0
+        while True:
+            batch = BatchBuilder(64 * 1024, codec, is_transactional=False)
+            taken = faust_compat.append_records(batch, records, first, timestamp=0)
+            assert taken > first
+            out.append((batch.record_count(), bytes(batch._build())))
+            if taken == len(records):
+                return out
+            assert batch.closed()  # full, as append leaves it
+            first = taken
+
+    expected, got = by_append(), by_append_records()
+    assert len(expected) > 2
+    assert [count for count, _ in got] == [count for count, _ in expected]
+    assert got == expected
+
+
+def test_append_records_takes_nothing_into_a_closed_batch() -> None:
+    batch = BatchBuilder(64 * 1024, DefaultRecordBatch.CODEC_NONE, is_transactional=False)
+    batch.close()
+    assert faust_compat.append_records(batch, _records(3, 10), 1) == 1
+    assert batch.record_count() == 0
