@@ -1,7 +1,10 @@
 """One partition's calls as the billing core's store, and its changes as table writes.
 
-The core's Correlator wants a MutableMapping[str, CallState]. This is a dict of the
-partition's calls, so reads cost what a dict's do. Writes are collected, and `drain`
+The core's Correlator wants a MutableMapping of call ids to states. This is a dict of
+the partition's calls, so reads cost what a dict's do. Closed calls are held frozen
+(correlator.py): as their compact table entry (`freeze`), the very bytes the table's
+store holds and the changelog gets, so a remembered call costs one copy of its value
+rather than its objects and a value beside them. Writes are collected, and `drain`
 gives each changed call once as a TableWrite: the value of the Faust table `calls`
 (changelog.py: the call's state and its partition, in the configured format; None for
 a forgotten call) and the changelog record that carries it. The worker's driver puts
@@ -18,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from pipeline.core.state import CallState
+from pipeline.core.state_codec import FORMAT_ENTRY, decode_state, encode_entry
 from pipeline.worker import changelog
 from pipeline.worker.produce import Record
 
@@ -28,30 +32,44 @@ class TableWrite(NamedTuple):
     record: Record  # the changelog record: JSON key, the value or a tombstone
 
 
-class CallStore(dict[str, CallState]):
-    """A dict of the partition's calls (the Correlator's reads are the dict's own, in
-    C), which records what is written or deleted through `store[k] = v` and `del`."""
+class CallStore(dict[str, Any]):
+    """A dict of the partition's calls, a CallState each or the bytes of a frozen closed
+    call (the Correlator's reads are the dict's own, in C), which records what is
+    written or deleted through `store[k] = v` and `del`."""
 
     def __init__(self, partition: int, changelog_format: str = "compact") -> None:
         super().__init__()
         self.partition = partition
         self._encode: Callable[[int, CallState], bytes] = changelog.encoder(changelog_format)
-        self._changed: dict[str, CallState | None] = {}  # None: deleted
+        # A frozen call is its compact entry: the changelog's value as it is in that format
+        self._frozen_is_value = changelog_format == "compact"
+        self._changed: dict[str, CallState | bytes | None] = {}  # None: deleted
+
+    def freeze(self, state: CallState) -> bytes:
+        """A closed call as this store holds it (the Correlator's `freeze`): its compact
+        table entry of this partition."""
+        return encode_entry(self.partition, state)
 
     def load(self, table_values: Iterable[Any]) -> None:
         """Fill the store with this partition's calls from the (recovered) table's
-        values, in either changelog format."""
+        values, in either changelog format; a closed call in the compact format is kept
+        frozen as the table's own bytes."""
         self.clear()
         self._changed.clear()
-        partition, decode, put = self.partition, changelog.decode_of, super().__setitem__
+        partition, decode, put = self.partition, changelog.decode_of, _dict_set
         for value in table_values:
             state = decode(value, partition) if value else None
-            if state is not None:
-                put(state.call_id, state)
+            if state is None:
+                continue
+            if state.closed:
+                put(self, state.call_id,
+                    value if value[:1] == _ENTRY else encode_entry(partition, state))
+            else:
+                put(self, state.call_id, state)
 
     # Called for every event the Correlator folds: dict's own methods, not super()
     # (which builds a proxy object per call on Python 3.11).
-    def __setitem__(self, call_id: str, state: CallState) -> None:
+    def __setitem__(self, call_id: str, state: CallState | bytes) -> None:
         _dict_set(self, call_id, state)
         self._changed[call_id] = state
 
@@ -77,13 +95,20 @@ class CallStore(dict[str, CallState]):
             return []
         partition, encode, key = self.partition, self._encode, changelog.encode_key
         writes = []
+        frozen_is_value = self._frozen_is_value
         for call_id, state in self._changed.items():
-            value = None if state is None else encode(partition, state)
+            if state is None:
+                value = None
+            elif type(state) is bytes:  # frozen: its entry, the compact format's value
+                value = state if frozen_is_value else encode(partition, decode_state(state))
+            else:
+                value = encode(partition, state)  # type: ignore[arg-type]
             # TableWrite(call_id, value, record), without its __new__ (a Python call)
             writes.append(_new(TableWrite, (call_id, value, (key(call_id), value, NO_HEADERS))))
         self._changed.clear()
         return writes
 
 
+_ENTRY = bytes((FORMAT_ENTRY,))  # a compact entry's first byte
 NO_HEADERS: list[tuple[str, bytes]] = []  # a changelog record's: shared, never appended to
 _dict_set, _dict_del, _new = dict.__setitem__, dict.__delitem__, tuple.__new__

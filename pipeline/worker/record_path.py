@@ -38,7 +38,7 @@ from typing import Any, NamedTuple, Protocol
 from pipeline.avro import codec
 from pipeline.core.cdr import RatedCdr
 from pipeline.core.config import BillingConfig
-from pipeline.core.correlator import Correlator
+from pipeline.core.correlator import Correlator, newest_ts_ms
 from pipeline.core.events import parse_event
 from pipeline.errors import InvalidEvent
 from pipeline.kafka.dead_letters import dead_letter_headers
@@ -182,7 +182,7 @@ class RecordPath:
                 out.dead_letters.append(_dead_letter(record, exc))
                 continue
             if cdrs:
-                _encode(cdrs, store, out)
+                _encode(cdrs, correlator, out)
         if ticks:
             out.records_in["tick"] = ticks
         if len(ready) > ticks:
@@ -239,8 +239,9 @@ class RecordPath:
             return held
         store = CallStore(partition, self._changelog_format)
         store.load(list(self._table_values()))
-        watermark = max((s.last_ts_ms for s in store.values()), default=0)
-        held = _Held(Correlator(self._config, store, watermark_ms=watermark), store)
+        watermark = newest_ts_ms(store)
+        correlator = Correlator(self._config, store, watermark_ms=watermark, freeze=store.freeze)
+        held = _Held(correlator, store)
         self._held[partition] = held
         resumed = self._resumed[partition]
         resend = held.correlator.reemit_from(resumed)
@@ -249,7 +250,7 @@ class RecordPath:
                  partition, len(store), watermark, len(resend), resumed)
         if resend:
             out.reemitted = len(resend)
-            _encode(resend, store, out)
+            _encode(resend, correlator, out)
         return held
 
 
@@ -258,14 +259,14 @@ def _key_mismatch(key: bytes, call_id: str) -> InvalidEvent:
                         f"call_id {call_id!r}", "call_id")
 
 
-def _encode(cdrs: list[RatedCdr], store: CallStore, out: PartitionOutput) -> None:
+def _encode(cdrs: list[RatedCdr], correlator: Correlator, out: PartitionOutput) -> None:
     """Each CDR as a record, with its call's pinned start in a header (the sink files
     every version of the call under it)."""
     records, counts, encode = out.cdrs, out.cdrs_out, codec.encode_cdr
+    call_start = correlator.call_start_ms
     for cdr in cdrs:
         call_id = cdr.call_id
-        state = store.get(call_id)
-        start = None if state is None else state.call_start_ms
+        start = call_start(call_id)
         # codec.call_start_header(start), inline
         headers = [] if start is None else [(CALL_START, str(start).encode())]
         records.append((call_id.encode(), encode(cdr), headers))

@@ -20,7 +20,7 @@ from pipeline.core.config import load_config
 from pipeline.core.correlator import Correlator
 from pipeline.core.events import parse_event
 from pipeline.core.state import CallState
-from pipeline.core.state_codec import encode_state
+from pipeline.core.state_codec import decode_state, encode_state
 from pipeline.errors import ConfigError
 from pipeline.runtime.settings import load_settings
 from pipeline.switch.simulator import FaultMix, Tick, generate
@@ -135,7 +135,10 @@ def test_a_compact_value_is_not_read_by_today_s_worker(states: list[CallState]) 
 
 
 def test_a_partition_s_store_loads_from_a_table_of_both_formats(states: list[CallState]) -> None:
-    mine, other = states[:20], states[20:40]
+    # open calls (states mid-way) and closed ones (at the end), one value a call
+    closed = [s for s in states[20:] if s.closed][-10:]
+    mine = list({s.call_id: s for s in states[:10] + closed}.values())
+    other = states[20:40]
     table: list[Any] = [changelog.encoder("json" if n % 2 else "compact")(1, s)
                         for n, s in enumerate(mine)]
     table += [changelog.encoder("compact")(0, s) for s in other] + [TODAY_CLOSED, TODAY_OPEN]
@@ -143,7 +146,27 @@ def test_a_partition_s_store_loads_from_a_table_of_both_formats(states: list[Cal
     store.load(table)
     want = {s.call_id: s for s in mine}
     want["3-00000004"] = changelog.decode_value(TODAY_CLOSED)[1]
-    assert dict(store.items()) == want
+    assert {k: decode_state(v) if isinstance(v, bytes) else v for k, v in store.items()} == want
+    assert any(s.closed for s in mine) and any(not s.closed for s in mine)
+    for n, state in enumerate(mine):
+        held = store[state.call_id]
+        assert isinstance(held, bytes) == state.closed  # closed calls frozen
+        if state.closed and n % 2 == 0:  # a compact value: the table's bytes, not a copy
+            assert held is table[n]
+    assert isinstance(store["3-00000004"], bytes)  # a closed call of a JSON value too
+
+
+@pytest.mark.parametrize("changelog_format", ["compact", "json"])
+def test_a_frozen_call_drains_as_its_entry_or_in_json(changelog_format: str,
+                                                      states: list[CallState]) -> None:
+    closed = next(s for s in states if s.closed)
+    store = CallStore(2, changelog_format)
+    store[closed.call_id] = store.freeze(closed)
+    (write,) = store.drain()
+    want = changelog.encoder(changelog_format)(2, closed)
+    assert write.value == write.record[1] == want
+    if changelog_format == "compact":  # the frozen bytes themselves: no encoding again
+        assert write.value is store[closed.call_id]
 
 
 @pytest.mark.parametrize("changelog_format", ["compact", "json"])
