@@ -189,10 +189,11 @@ def measure_memory(kind: str, calls: int, seed: int) -> float:
 def _worker_memory(config: BillingConfig, events: Iterator[dict[str, Any]], calls: int
                    ) -> float:
     """Bytes of RSS per closed call as a worker holds it: the Correlator's store (the
-    worker's CallStore) and the table's values (Faust's memory store is a dict of them,
-    written from the store's drain after each batch, as table_store.TableWriter does)."""
+    worker's CallStore, closed calls frozen) and the table's values (Faust's memory store
+    is a dict of them, written from the store's drain after each batch, as
+    table_store.TableWriter does: a frozen call's value is its frozen bytes)."""
     store = CallStore(0)
-    correlator = Correlator(config, store)
+    correlator = Correlator(config, store, freeze=store.freeze)  # as record_path.py makes it
     table: dict[str, bytes | None] = {}
     batch: list[dict[str, Any]] = []
 
