@@ -8,6 +8,7 @@ and two workers sharing the partitions, change nothing.
 
 from __future__ import annotations
 
+import re
 import signal
 import urllib.request
 from typing import Any
@@ -105,3 +106,28 @@ def test_two_workers_in_one_group(pipeline: Pipeline) -> None:
     pipeline.start_sink()
     _publish(pipeline, items)
     _assert_equal(pipeline, expected)
+
+
+def test_worker_restarted_in_the_other_changelog_format(pipeline: Pipeline) -> None:
+    """The upgrade's second step (docs/operations.md, Upgrades): a worker writing JSON
+    values is killed mid-stream and replaced by one writing compact values, which
+    restores the JSON table (closed calls frozen from it) and goes on."""
+    items, config, _ = traffic(2500, seed=15, faults=FAULTS)
+    expected = offline_final(items, config)
+    changelog_format = {"now": "json"}
+    pipeline.component_env = lambda name: (
+        {"CDR_WORKER_CHANGELOG_FORMAT": changelog_format["now"]} if name == "worker" else {})
+    worker = pipeline.start_worker()
+    pipeline.start_sink()
+    half = len(items) // 2
+    _publish(pipeline, items[:half])
+    pipeline.wait_for(lambda: len(pipeline.stored_versions()) > 200, 180, "the first CDRs")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    changelog_format["now"] = "compact"
+    _publish(pipeline, items[half:])
+    pipeline.start_worker()
+    _assert_equal(pipeline, expected)
+    log = (pipeline.workdir / f"worker-{len(pipeline.procs) - 1}.log").read_text()
+    restored = [int(n) for n in re.findall(r"(\d+) calls restored", log)]
+    assert restored and sum(restored) > 200, log[-2000:]  # from the JSON table
