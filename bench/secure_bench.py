@@ -50,6 +50,7 @@ from stream_bench import (  # noqa: E402
     _wait_quiet,
     first_record_times,
     proc_cpu_s,
+    timestamps_span,
 )
 
 from pipeline.avro import codec  # noqa: E402
@@ -235,19 +236,7 @@ def _span_s(dep: Deployment, topic: str, expected: int) -> float:
     """Seconds between the first and last record timestamps of `topic` (read by the sink)."""
     c = dep.consumer("sink", dep.sink_group)
     c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    first = last = None
-    seen = 0
-    deadline = time.monotonic() + 120
-    while seen < expected and time.monotonic() < deadline:
-        for msg in c.consume(num_messages=5000, timeout=1.0):
-            if msg.error():
-                continue
-            seen += 1
-            ts = msg.timestamp()[1]
-            first = ts if first is None else min(first, ts)
-            last = ts if last is None else max(last, ts)
-    c.close()
-    return ((last or 0) - (first or 0)) / 1000
+    return timestamps_span(c, expected, timeout_s=120)
 
 
 @dataclass

@@ -199,8 +199,15 @@ def _timestamps_span(topic: str, expected: int) -> float:
     """Seconds between the first and last record's broker timestamps of a topic."""
     consumer = _consumer(f"bench-ts-{uuid.uuid4().hex[:6]}")
     _assign_all(consumer, topic)
+    return timestamps_span(consumer, expected)
+
+
+def timestamps_span(consumer: Consumer, expected: int, timeout_s: float | None = None) -> float:
+    """Seconds between the first and last broker timestamps of the `expected` records an
+    assigned consumer reads (all there are by `timeout_s`, if given); closes it."""
     first, last, seen = None, None, 0
-    while seen < expected:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while seen < expected and (deadline is None or time.monotonic() < deadline):
         for msg in consumer.consume(num_messages=5000, timeout=1.0):
             if msg.error():
                 continue
