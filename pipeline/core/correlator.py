@@ -31,7 +31,7 @@ from pipeline.core.events import CallEvent
 from pipeline.core.packed import ANSWER, HANGUP, RINGING, SETUP, event_ts, fields
 from pipeline.core.rating import Rater, rate_fields
 from pipeline.core.state import CallState
-from pipeline.core.state_codec import decode_state, peek
+from pipeline.core.state_codec import decode_state, read_head
 from pipeline.errors import InvalidEvent
 
 
@@ -53,8 +53,7 @@ def newest_ts_ms(store: Store) -> int:
     newest = 0
     for value in store.values():
         if type(value) is bytes:
-            head = peek(value)
-            last = decode_state(value).last_ts_ms if head is None else head[1]
+            last = read_head(value)[1]
         else:
             last = cast(CallState, value).last_ts_ms
         if last > newest:
@@ -100,10 +99,11 @@ class Correlator:
 
     def _due_frozen(self, frozen: bytes) -> int:
         """`_due` of a frozen call (closed), read from its bytes' head."""
-        head = peek(frozen)
-        if head is None or head[2] is None:  # JSON (no head to read), or not closed
+        head = read_head(frozen)
+        closed_at_ms = head[2]
+        if closed_at_ms is None:  # not closed (never frozen so): the open call's rule
             return self._due(decode_state(frozen))
-        return max(head[2], head[1]) + self._retention_ms
+        return max(closed_at_ms, head[1]) + self._retention_ms
 
     def _due_of(self, value: Any) -> int:
         if type(value) is bytes:
@@ -144,11 +144,6 @@ class Correlator:
         for call_id, value in self.store.items():
             self._deadlines.push(self._due_of(value), call_id)
 
-    def state(self, call_id: str) -> CallState | None:
-        """The call's state (thawed if it is frozen), None if the call is not held."""
-        return self._get(call_id)
-
-
     # -- emission ----------------------------------------------------------------
 
     def _emit(self, state: CallState, status: str, closed_at_ms: int) -> RatedCdr:
@@ -162,8 +157,7 @@ class Correlator:
         """The call's pinned start (CallState.call_start_ms), None if it has none (yet)."""
         value = self.store.get(call_id)
         if type(value) is bytes:
-            head = peek(value)
-            return decode_state(value).call_start_ms if head is None else head[4]
+            return read_head(value)[4]
         state: CallState | None = value
         return None if state is None else state.call_start_ms
 
@@ -186,8 +180,8 @@ class Correlator:
         for call_id in sorted(self.store):
             value = self.store[call_id]
             if type(value) is bytes:
-                head = peek(value)
-                if head is not None and (head[3] is None or head[3] < position):
+                emitted_at = read_head(value)[3]
+                if emitted_at is None or emitted_at < position:
                     continue  # emitted before `position`: no need to thaw it
                 value = decode_state(value)
             state: CallState = value

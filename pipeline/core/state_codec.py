@@ -38,7 +38,7 @@ FORMAT_ENTRY: Final = 0x02
 RS: Final = "\x1e"
 _FIELDS: Final = 11
 _STATE_MARK: Final = b"\x01"
-_ENTRY_MARK: Final = b"\x02"
+ENTRY_MARK: Final = b"\x02"  # a table entry's first byte
 
 
 class StateCodecError(ValueError):
@@ -61,7 +61,7 @@ def encode_entry(partition: int, state: CallState) -> bytes:
     text = _text(state)
     if text is not None:
         try:
-            return _ENTRY_MARK + f"{partition}{RS}{text}".encode()
+            return ENTRY_MARK + f"{partition}{RS}{text}".encode()
         except UnicodeEncodeError:
             pass
     return json.dumps({"p": partition, "s": state.to_dict()}, separators=(",", ":")).encode()
@@ -96,6 +96,17 @@ def peek(data: bytes) -> Header | None:
     except (ValueError, IndexError) as exc:
         raise StateCodecError(
             f"call state value (format {marker:#04x}) is corrupt: {exc!r}") from None
+
+
+def read_head(data: bytes) -> Header:
+    """`peek`, and for a JSON value (no head to read) the same fields of its decoded
+    state."""
+    head = peek(data)
+    if head is not None:
+        return head
+    state = decode_state(data)
+    return (state.call_id, state.last_ts_ms, state.closed_at_ms, state.emitted_at,
+            state.call_start_ms)
 
 
 def decode_state(data: bytes) -> CallState:
