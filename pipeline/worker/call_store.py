@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from pipeline.core.state import CallState
-from pipeline.core.state_codec import FORMAT_ENTRY, decode_state, encode_entry
+from pipeline.core.state_codec import ENTRY_MARK, decode_state, encode_entry
 from pipeline.worker import changelog
 from pipeline.worker.produce import Record
 
@@ -63,7 +63,7 @@ class CallStore(dict[str, Any]):
                 continue
             if state.closed:
                 put(self, state.call_id,
-                    value if value[:1] == _ENTRY else encode_entry(partition, state))
+                    value if value[:1] == ENTRY_MARK else self.freeze(state))
             else:
                 put(self, state.call_id, state)
 
@@ -109,6 +109,5 @@ class CallStore(dict[str, Any]):
         return writes
 
 
-_ENTRY = bytes((FORMAT_ENTRY,))  # a compact entry's first byte
 NO_HEADERS: list[tuple[str, bytes]] = []  # a changelog record's: shared, never appended to
 _dict_set, _dict_del, _new = dict.__setitem__, dict.__delitem__, tuple.__new__

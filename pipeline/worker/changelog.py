@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.state import CallState
-from pipeline.core.state_codec import FORMAT_ENTRY, RS, decode_entry, encode_entry
+from pipeline.core.state_codec import ENTRY_MARK, RS, decode_entry, encode_entry
 from pipeline.errors import PipelineError
 
 FORMATS = ("compact", "json")
@@ -48,7 +48,6 @@ def encode_key(call_id: str) -> bytes:
         return orjson.dumps(call_id)
     return _json_key(call_id).encode()
 
-_ENTRY = bytes((FORMAT_ENTRY,))  # a compact value's first byte
 _RS = RS.encode()
 _PARTITION_ENDS = 12  # where the RS after an entry's partition is looked for, at most
 
@@ -89,7 +88,7 @@ def decode_value(value: bytes) -> tuple[int, CallState]:
 def decode_of(value: bytes, partition: int) -> CallState | None:
     """The state of a value if it belongs to `partition`, else None. A compact value of
     another partition is passed over without being decoded."""
-    if value[:1] == _ENTRY:  # the partition in decimal, RS, the state
+    if value[:1] == ENTRY_MARK:  # the partition in decimal, RS, the state
         end = value.find(_RS, 1, _PARTITION_ENDS)
         if end > 0 and value[1:end] != str(partition).encode():
             return None
