@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 # Called for every record: looked up once.
 is_tick, decode_tick, decode_event_dict = codec.is_tick, codec.decode_tick, codec.decode_event_dict
-CALL_START = codec.CALL_START_HEADER
 _offset = attrgetter("offset")
 
 
@@ -263,13 +262,11 @@ def _encode(cdrs: list[RatedCdr], correlator: Correlator, out: PartitionOutput) 
     """Each CDR as a record, with its call's pinned start in a header (the sink files
     every version of the call under it)."""
     records, counts, encode = out.cdrs, out.cdrs_out, codec.encode_cdr
-    call_start = correlator.call_start_ms
+    call_start, header = correlator.call_start_ms, codec.call_start_header
     for cdr in cdrs:
         call_id = cdr.call_id
         start = call_start(call_id)
-        # codec.call_start_header(start), inline
-        headers = [] if start is None else [(CALL_START, str(start).encode())]
-        records.append((call_id.encode(), encode(cdr), headers))
+        records.append((call_id.encode(), encode(cdr), [] if start is None else [header(start)]))
         counts[cdr.record_decision] += 1
 
 
