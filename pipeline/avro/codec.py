@@ -197,26 +197,18 @@ def _decode_compiled(kind: AvroType, decoder: avro_compiled.Decoder, data: bytes
 
 
 def _message_decoder(kind: AvroType) -> Callable[[bytes], dict[str, Any]]:
-    """decode(message) -> record of a kind: a message of the current schema straight
-    through the compiled decoder (one call: the checks of `_decode` inline), anything
-    else through `_decode`. Raises InvalidEvent like `_decode`."""
+    """decode(message) -> record of a kind: a message of the current schema (its magic
+    and fingerprint checked in one `startswith`) straight to `_decode_compiled`,
+    anything else through `_decode`. Raises InvalidEvent like `_decode`."""
     decoder = kind.decoder
     if decoder is None:
         return functools.partial(_decode, kind)
-    header, name = MAGIC + kind.fingerprint, kind.name
+    header = MAGIC + kind.fingerprint
 
     def decode(data: bytes) -> dict[str, Any]:
         if type(data) is not bytes or not data.startswith(header):
             return _decode(kind, data)
-        try:
-            record, end = decoder(data, _HEADER)
-        except avro_compiled.CorruptBody as exc:
-            raise InvalidEvent(f"corrupt Avro {name} body: {exc}") from None
-        except Exception as exc:  # not expected; the contract is InvalidEvent for any bad body
-            raise _corrupt(kind, exc) from None
-        if end != len(data):
-            _check_consumed(kind, end, data)
-        return record
+        return _decode_compiled(kind, decoder, data)
 
     return decode
 
