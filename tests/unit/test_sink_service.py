@@ -46,15 +46,20 @@ def test_full_batches_go_in_one_at_a_time_and_are_committed_in_order() -> None:
     assert len(set(tokens)) == 3
 
 
+def _append_once_the_first_is_committed(rig: Rig, seen: dict[str, int], *call_ids: str) -> None:
+    """Append `call_ids` to partition 0 once its first CDR is committed (once)."""
+    if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
+        rig.append_cdrs(0, *call_ids)
+        seen["appended"] = 1
+
+
 def test_a_partial_batch_goes_in_early_once_caught_up_then_waits_its_turn() -> None:
     rig = Rig(partitions=1, batch_rows=1000, batch_seconds=3600.0)
     rig.append_cdrs(0, "first")
     seen: dict[str, int] = {}
 
     def done() -> bool:
-        if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
-            rig.append_cdrs(0, "second")
-            seen["appended"] = 1
+        _append_once_the_first_is_committed(rig, seen, "second")
         if "appended" in seen and rig.service.pending_rows == 1:
             seen["batches_then"] = rig.service.stats.batches
             return True
@@ -74,9 +79,7 @@ def test_with_no_insert_gap_the_next_partial_batch_goes_in_once_the_insert_befor
     seen: dict[str, int] = {}
 
     def done() -> bool:
-        if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
-            rig.append_cdrs(0, "second", "third")
-            seen["appended"] = 1
+        _append_once_the_first_is_committed(rig, seen, "second", "third")
         return rig.consumer.group_offsets.get(rig.key(0)) == 3
 
     rig.run_until(done, fake_seconds=60.0)  # well before batch_seconds
@@ -91,9 +94,7 @@ def test_the_insert_gap_spaces_partial_batches() -> None:
     seen: dict[str, int] = {}
 
     def done() -> bool:
-        if rig.consumer.group_offsets.get(rig.key(0)) == 1 and "appended" not in seen:
-            rig.append_cdrs(0, "second")
-            seen["appended"] = 1
+        _append_once_the_first_is_committed(rig, seen, "second")
         return rig.consumer.group_offsets.get(rig.key(0)) == 2
 
     rig.run_until(done, fake_seconds=600.0)
