@@ -776,6 +776,10 @@ def test_caught_up_sink_stores_a_partial_batch_at_once_but_at_most_once_per_inse
         wait_for(lambda: stored_count(clickhouse_native, database) == len(first), 30,
                  "the first burst stored long before its batch is due by age")
         assert sink.service.stats.batches == 1
+        # the commit follows the insert: wait for it rather than race it
+        ends = end_offsets(kafka_bootstrap, topic, 3)
+        wait_for(lambda: committed_offsets(kafka_bootstrap, config.group, topic, 3) == ends, 30,
+                 "the first burst committed")
         assert_committed_to_end(kafka_bootstrap, config.group, topic, 3)
         produce_cdrs(kafka_bootstrap, topic, second)
         wait_for(lambda: sink.service.pending_rows == len(second), 30, "the second burst read")
